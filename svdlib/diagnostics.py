@@ -1,0 +1,52 @@
+"""Eigensolver failure counter: the "failure times" of the ECCV22 GCP table.
+
+svdlib counts a *failure* each time the forward eigensolver fails on one matrix: the
+solver raised (torch's LinAlgError), reported a non-zero ``info`` (cuSOLVER), or returned
+non-finite eigenvalues/eigenvectors. Failed matrices are repaired (see
+:func:`svdlib.solvers.solve`), so training goes on; the counter lets training code log them.
+
+Example
+-------
+>>> import svdlib
+>>> svdlib.diagnostics.reset_failures()
+0
+>>> svdlib.diagnostics.failure_count()
+0
+"""
+from __future__ import annotations
+
+import threading
+
+__all__ = ["failure_count", "reset_failures", "record_failures", "last_failure"]
+
+_lock = threading.Lock()
+_count = 0
+_last: dict | None = None
+
+
+def record_failures(n: int, **details) -> None:
+    """Add ``n`` failed matrices to the counter (called by the solver layer)."""
+    global _count, _last
+    if n <= 0:
+        return
+    with _lock:
+        _count += int(n)
+        _last = {"failed": int(n), **details}
+
+
+def failure_count() -> int:
+    """Number of matrices on which the forward eigensolver failed since the last reset."""
+    return _count
+
+
+def last_failure() -> dict | None:
+    """Details of the most recent failure event (solver, how it was repaired), or None."""
+    return _last
+
+
+def reset_failures() -> int:
+    """Reset the counter to zero and return the value it had."""
+    global _count, _last
+    with _lock:
+        previous, _count, _last = _count, 0, None
+    return previous

@@ -1,0 +1,155 @@
+"""Spectral matrix functions: sqrtm, inv_sqrtm, powm (the spine's output stage, eq. 4).
+
+``method="eigh"``: Q = U f(Lambda) U^T from :func:`svdlib.eigh`, whose backward applies the
+chosen remedy (eq. 5-7), or, with ``backward="divided_difference"``, the exact Daleckii-Krein
+gradient of :mod:`svdlib.divided_difference`. ``method="newton_schulz"``: the iSQRT-COV
+iteration (:mod:`svdlib.newton_schulz`), p = +-1/2 only, differentiated by autograd.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import solvers
+from ._validation import is_traced
+from .divided_difference import divided_difference_matrix, spectral_backward
+from .eigen import eigh_compute, floor_eigenvalues, prepare
+from .newton_schulz import newton_schulz_sqrtm
+from .remedies import validate_options
+
+__all__ = ["powm", "sqrtm", "inv_sqrtm", "default_floor"]
+
+METHODS = ("eigh", "newton_schulz")
+
+
+def _is_positive_integer(p: float) -> bool:
+    return float(p).is_integer() and p > 0
+
+
+def default_floor(lam: torch.Tensor, p: float) -> torch.Tensor | None:
+    """Eigenvalue floor used when ``min_eigenvalue`` is None.
+
+    Non-integer or negative powers need lam > 0: the floor is machine epsilon of the compute
+    dtype times each matrix's largest |eigenvalue| (relative, so scale-free). It only touches
+    rounding-level eigenvalues of a PSD matrix, and keeps f and its gradient finite at exact
+    zeros. Positive integer powers need no floor.
+    """
+    if _is_positive_integer(p):
+        return None
+    tiny = torch.finfo(lam.dtype).tiny
+    scale = lam.detach().abs().amax(dim=-1, keepdim=True).clamp_min(tiny)
+    return torch.finfo(lam.dtype).eps * scale
+
+
+def _compose(lam: torch.Tensor, U: torch.Tensor, p: float) -> torch.Tensor:
+    return (U * lam.pow(p).unsqueeze(-2)) @ U.transpose(-1, -2)
+
+
+class _SpectralPower(torch.autograd.Function):
+    """Q = U lam^p U^T with the exact divided-difference backward."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(A, p, solver, min_eigenvalue):
+        lam, U = solvers.solve(A, solver, traced=is_traced(A))
+        floor = default_floor(lam, p) if min_eigenvalue is None else min_eigenvalue
+        if floor is not None:
+            lam = torch.maximum(lam, torch.as_tensor(floor, dtype=lam.dtype, device=lam.device))
+        return _compose(lam, U, p), lam, U
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, lam, U = output
+        ctx.mark_non_differentiable(lam, U)
+        ctx.save_for_backward(lam, U)
+        ctx.p = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad_Q, _grad_lam, _grad_U):
+        lam, U = ctx.saved_tensors
+        F = divided_difference_matrix(lam, ctx.p)
+        return spectral_backward(U, F, grad_Q), None, None, None
+
+
+def powm(
+    A: torch.Tensor,
+    p: float,
+    method: str = "eigh",
+    backward: str = "taylor",
+    *,
+    eps: float = 0.0,
+    min_eigenvalue: float | None = None,
+    solver: str = "auto",
+    compute_dtype: torch.dtype | None = None,
+    iterations: int | None = None,
+    **options,
+) -> torch.Tensor:
+    r"""Matrix power A^p = U diag(lam^p) U^T of symmetric PSD matrices (..., n, n) (eq. 4).
+
+    Parameters
+    ----------
+    A : Tensor (..., n, n)
+        Symmetric positive semi-definite matrices (symmetrised; validated like
+        :func:`svdlib.eigh`).
+    p : float
+        The power; +-1/2 for ``method="newton_schulz"``.
+    method : "eigh" | "newton_schulz"
+    backward : str
+        Remedy of :data:`svdlib.BACKWARDS` (method "eigh" only; ignored by Newton-Schulz,
+        which is differentiated by autograd). "divided_difference" gives the exact gradient.
+    eps : float
+        Added to the diagonal first (both methods).
+    min_eigenvalue : float, optional
+        Eigenvalue floor; default :func:`default_floor` (straight-through gradient).
+    iterations : int, optional
+        Newton-Schulz iterations (default 5) or power-iteration steps for
+        ``backward="power_iteration"`` / ``solver="power_iteration"``.
+    **options
+        Remedy options, e.g. ``degree=9, eps=...`` is spelled ``degree=9`` (the remedy's own
+        eigenvalue floor is ``options['eps']`` only through :func:`svdlib.eigh`; here ``eps``
+        is the diagonal shift).
+
+    Returns the caller's dtype (float16/bfloat16 computed in float32).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    p = float(p)
+    out_dtype = A.dtype if isinstance(A, torch.Tensor) else None
+    if method == "newton_schulz":
+        if p not in (0.5, -0.5):
+            raise ValueError(f"method='newton_schulz' computes p = 0.5 or -0.5 only, got p={p}")
+        Ac = prepare(A, compute_dtype, eps)
+        root, inv_root = newton_schulz_sqrtm(Ac, 5 if iterations is None else iterations)
+        return (root if p == 0.5 else inv_root).to(out_dtype)
+    if backward == "divided_difference" and solver != "power_iteration":
+        validate_options(backward, options)
+        if options:
+            raise ValueError(f"backward='divided_difference' takes no options, got {sorted(options)}")
+        Ac = prepare(A, compute_dtype, eps)
+        name = solvers.resolve_solver(solver, Ac.device)
+        Q, _, _ = _SpectralPower.apply(Ac, p, name, min_eigenvalue)
+        return Q.to(out_dtype)
+    lam, U = eigh_compute(A, backward, solver, eps=eps, compute_dtype=compute_dtype,
+                          iterations=iterations, **options)
+    floor = default_floor(lam, p) if min_eigenvalue is None else min_eigenvalue
+    return _compose(floor_eigenvalues(lam, floor), U, p).to(out_dtype)
+
+
+def sqrtm(A: torch.Tensor, method: str = "eigh", backward: str = "taylor", **kwargs) -> torch.Tensor:
+    """Matrix square root A^{1/2} (second-order pooling, colouring). See :func:`powm`.
+
+    >>> import torch, svdlib
+    >>> svdlib.sqrtm(torch.diag(torch.tensor([4.0, 9.0], dtype=torch.float64))).diagonal().tolist()
+    [2.0, 3.0]
+    """
+    return powm(A, 0.5, method, backward, **kwargs)
+
+
+def inv_sqrtm(A: torch.Tensor, method: str = "eigh", backward: str = "taylor", **kwargs) -> torch.Tensor:
+    """Inverse square root A^{-1/2} (ZCA whitening, Alg. 2 of Robust Differentiable SVD).
+
+    >>> import torch, svdlib
+    >>> svdlib.inv_sqrtm(torch.diag(torch.tensor([4.0, 16.0], dtype=torch.float64))).diagonal().tolist()
+    [0.5, 0.25]
+    """
+    return powm(A, -0.5, method, backward, **kwargs)
