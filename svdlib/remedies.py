@@ -159,9 +159,11 @@ def k_pade(lam: torch.Tensor, order: tuple[int, int] = (50, 50), eps: float = FL
     Coefficients come from the p+q+1 Taylor coefficients of 1/(1-x) (:func:`pade_coefficients`;
     the ICCV code uses [50/50] built with mpmath). Evaluated in float64. Honest note: for
     q >= 1 the approximant *is* 1/(1-x), so away from ties this remedy equals the exact K,
-    and at x = 1 (lam_i == lam_j) Q vanishes. Following the ICCV code, the resulting
-    non-finite entries are replaced by the largest finite |K~| of the batch (with the pair's
-    sign): bounded only by that patch. Eigenvalues are clamped at ``eps`` (float64 machine
+    and at x = 1 (lam_i == lam_j) Q vanishes up to rounding: Q(1) is then rounding noise of
+    either sign, so a tie gives either an enormous value (|K~| ~ 1e16/lam) or a non-positive
+    denominator. Following the ICCV overflow patch, non-finite entries and entries whose
+    denominator is <= 0 are replaced by the largest remaining |K~| of the batch (with the
+    pair's sign). It is therefore *not* bounded at ties: notebook 03 measures this. Eigenvalues are clamped at ``eps`` (float64 machine
     eps, as in the ICCV code).
     """
     p, q = (int(order[0]), int(order[1]))
@@ -172,9 +174,11 @@ def k_pade(lam: torch.Tensor, order: tuple[int, int] = (50, 50), eps: float = FL
     li, lj = lam64[..., :, None], lam64[..., None, :]
     big, small = torch.maximum(li, lj), torch.minimum(li, lj)
     x = small / big
-    K = _pair_sign(lam64) * _horner(a, x) / (_horner(b, x) * big)
+    denominator = _horner(b, x)
+    K = _pair_sign(lam64) * _horner(a, x) / (denominator * big)
     K = _zero_diag(K)
-    finite = torch.isfinite(K)
+    # Q(x) > 0 on [0, 1) in exact arithmetic; Q <= 0 only happens at (near-)ties by rounding.
+    finite = torch.isfinite(K) & (denominator > 0)
     extreme = torch.where(finite, K.abs(), torch.zeros_like(K)).amax()
     K = torch.where(finite, K, _pair_sign(lam64) * extreme)
     return K.to(lam.dtype)
@@ -235,41 +239,49 @@ def power_iteration(lam, U, grad_lam, grad_U, *, iterations: int = 9, eps: float
     """SVD-PI: SVD forward, gradient of power iterations with deflation (Robust Differentiable
     SVD sec. 3.3-3.4, Alg. 1; Backpropagation-Friendly Eigendecomposition, NeurIPS 2019).
 
-    For each eigenvector v (largest first) of the deflated matrix M, the gradient of
-    ``iterations`` + 1 power-iteration steps started at v is
+    M = U diag(lam) U^T is rebuilt from the eigenpairs. For each eigenvector u (largest first)
+    of the deflated matrix M, ``iterations`` + 1 steps v <- M v / max(||M v||, norm_floor)
+    start at u, then M <- M - M v v^T; the gradient is that of this whole computation
+    (autograd inside the backward), so for the dominant eigenvector it is
 
-        sum_{k=0..iterations} (M/||Mv||)^k (I - v v^T)/||Mv|| g v^T
+        sum_{k=0..iterations} (M/||Mv||)^k (I - v v^T)/||Mv|| g v^T,
 
-    with ||Mv|| clamped at ``norm_floor``; then M <- M - M v v^T. Deflation stops (the
-    remaining directions get zero gradient) as in Alg. 1 when the captured energy reaches
-    1 - ``energy_tol`` of the trace, lam <= ``eps``, the Rayleigh quotient of the deflated M
-    turns non-positive, or differs from the SVD eigenvalue by more than ``rel_tol``.
-    ``iterations`` = 9 (TPAMI; 19 in NeurIPS). Masks, not Python breaks, so it batches.
+    the degree-``iterations`` Taylor gradient (the Proposition of sec. 3.3), and the deflation
+    steps carry the coupling to the larger eigenvectors. Deflation stops, and the remaining
+    directions get no gradient, as in Alg. 1: when the captured energy reaches
+    1 - ``energy_tol`` of the trace, lam <= ``eps``, the Rayleigh quotient of the deflated M is
+    non-positive or differs from the SVD eigenvalue by more than ``rel_tol``.
+    ``iterations`` = 9 (TPAMI; 19 in NeurIPS). Masks, not Python breaks, so it batches; it is
+    not meant for torch.func transforms of the backward.
     """
-    M = (U * lam.unsqueeze(-2)) @ U.transpose(-1, -2)
     n = lam.shape[-1]
-    total = lam.clamp_min(0).sum(-1)
-    captured = torch.zeros_like(total)
-    active = torch.ones_like(total, dtype=torch.bool)
-    dM = torch.zeros_like(M)
-    for i in range(n - 1, -1, -1):
-        v, g, lam_i = U[..., :, i], grad_U[..., :, i], lam[..., i]
-        Mv = (M @ v.unsqueeze(-1)).squeeze(-1)
-        rayleigh = (v * Mv).sum(-1)
-        active = active & (captured < (1 - energy_tol) * total) & (lam_i > eps) & (rayleigh > 0)
-        active = active & ((rayleigh - lam_i).abs() <= rel_tol * lam_i.abs())
-        norm = Mv.norm(dim=-1).clamp_min(norm_floor)
-        r = (g - v * (v * g).sum(-1, keepdim=True)) / norm.unsqueeze(-1)
-        acc = r
-        for _ in range(iterations):
-            r = (M @ r.unsqueeze(-1)).squeeze(-1) / norm.unsqueeze(-1)
-            acc = acc + r
-        contribution = acc.unsqueeze(-1) * v.unsqueeze(-2) + grad_lam[..., i, None, None] * (
-            v.unsqueeze(-1) * v.unsqueeze(-2))
-        dM = dM + active[..., None, None].to(M.dtype) * contribution
-        M = M - Mv.unsqueeze(-1) * v.unsqueeze(-2)
-        captured = captured + lam_i
-    return 0.5 * (dM + dM.transpose(-1, -2))
+    U, lam, grad_U, grad_lam = U.detach(), lam.detach(), grad_U.detach(), grad_lam.detach()
+
+    def objective(A):
+        M = A
+        total = lam.clamp_min(0).sum(-1)
+        captured = torch.zeros_like(total)
+        active = torch.ones_like(total, dtype=torch.bool)
+        loss = torch.zeros((), dtype=lam.dtype, device=lam.device)
+        for i in range(n - 1, -1, -1):
+            u, lam_i = U[..., :, i], lam[..., i]
+            with torch.no_grad():
+                rayleigh = (u * (M.detach() @ u.unsqueeze(-1)).squeeze(-1)).sum(-1)
+                active = active & (captured < (1 - energy_tol) * total) & (lam_i > eps) & (rayleigh > 0)
+                active = active & ((rayleigh - lam_i).abs() <= rel_tol * lam_i.abs())
+            v = u
+            for _ in range(iterations + 1):
+                w = (M @ v.unsqueeze(-1)).squeeze(-1)
+                v = w / w.norm(dim=-1, keepdim=True).clamp_min(norm_floor)
+            Mv = (M @ v.unsqueeze(-1)).squeeze(-1)
+            term = (grad_U[..., :, i] * v).sum(-1) + grad_lam[..., i] * (v * Mv).sum(-1)
+            loss = loss + (active.to(lam.dtype) * term).sum()
+            M = M - Mv.unsqueeze(-1) * v.unsqueeze(-2)
+            captured = captured + lam_i
+        return loss
+
+    grad = torch.func.grad(objective)((U * lam.unsqueeze(-2)) @ U.transpose(-1, -2))
+    return 0.5 * (grad + grad.transpose(-1, -2))
 
 
 def divided_difference(lam, U, grad_lam, grad_U, **_):

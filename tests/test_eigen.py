@@ -1,0 +1,160 @@
+"""svdlib.eigh: forward, dtypes, bad input, failure repair, vmap / compile."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import svdlib
+from svdlib import diagnostics, solvers
+from _spine_helpers import matrix_with_spectrum
+
+
+def test_forward_matches_torch_and_reconstructs():
+    A = matrix_with_spectrum(torch.rand(3, 7, dtype=torch.float64) + 0.1, seed=0)
+    lam, U = svdlib.eigh(A)
+    torch.testing.assert_close(lam, torch.linalg.eigvalsh(A))
+    torch.testing.assert_close((U * lam.unsqueeze(-2)) @ U.transpose(-1, -2), A)
+    torch.testing.assert_close(U.transpose(-1, -2) @ U, torch.eye(7, dtype=torch.float64).expand(3, 7, 7))
+
+
+def test_eps_shifts_eigenvalues_and_keeps_eigenvectors():
+    A = matrix_with_spectrum([0.0, 1.0, 2.0], seed=1)
+    lam0, U0 = svdlib.eigh(A)
+    lam1, U1 = svdlib.eigh(A, eps=0.5)
+    torch.testing.assert_close(lam1, lam0 + 0.5)
+    torch.testing.assert_close((U1.transpose(-1, -2) @ U0).abs(), torch.eye(3, dtype=torch.float64))
+
+
+def test_min_eigenvalue_clamps_with_straight_through_gradient():
+    A = torch.diag(torch.tensor([-1e-9, 1.0, 2.0], dtype=torch.float64)).requires_grad_()
+    lam, _ = svdlib.eigh(A, min_eigenvalue=1e-6)
+    assert lam[0].item() == 1e-6
+    lam.sum().backward()
+    torch.testing.assert_close(A.grad, torch.eye(3, dtype=torch.float64))
+
+
+def test_nonsymmetric_input_is_symmetrised():
+    A = torch.tensor([[2.0, 1.0], [0.0, 2.0]], dtype=torch.float64)
+    lam, _ = svdlib.eigh(A)
+    torch.testing.assert_close(lam, torch.tensor([1.5, 2.5], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_computed_in_float32_and_returned_in_its_dtype(dtype):
+    A = matrix_with_spectrum([1.0, 2.0, 3.0], seed=2, dtype=torch.float32).to(dtype)
+    lam, U = svdlib.eigh(A)
+    assert lam.dtype == dtype and U.dtype == dtype
+    torch.testing.assert_close(lam.float(), torch.tensor([1.0, 2.0, 3.0]), atol=2e-2, rtol=2e-2)
+
+
+def test_compute_dtype_float64_returns_caller_dtype():
+    A = matrix_with_spectrum([1.0, 1.0 + 1e-6, 3.0], seed=3, dtype=torch.float32).requires_grad_()
+    lam, U = svdlib.eigh(A, compute_dtype=torch.float64)
+    assert lam.dtype == torch.float32
+    lam.sum().backward()
+    assert A.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (torch.ones(3), "at least 2 dimensions"),
+        (torch.ones(2, 3), "square"),
+        (torch.ones(3, 3, dtype=torch.int64), "real floating dtype"),
+        (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), "NaN/Inf"),
+        (torch.tensor([[1.0, 0.0], [0.0, float("inf")]]), "NaN/Inf"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_problem(bad, message):
+    with pytest.raises(ValueError, match=message) as info:
+        svdlib.eigh(bad)
+    assert str(tuple(bad.shape)) in str(info.value)
+
+
+def test_unknown_solver_and_cusolver_on_cpu_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown solver 'nope'"):
+        svdlib.eigh(torch.eye(2), solver="nope")
+    with pytest.raises(ValueError, match="needs a CUDA tensor"):
+        svdlib.eigh(torch.eye(2), solver="cusolver_batched")
+
+
+def test_auto_solver_is_torch_on_cpu_without_warning(recwarn):
+    assert solvers.resolve_solver("auto", torch.device("cpu")) == "torch"
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_injected_failure_is_repaired_counted_and_reset():
+    def flaky(A):
+        lam, U = torch.linalg.eigh(A)
+        lam, U = lam.clone(), U.clone()
+        lam[1] = float("nan")  # matrix 1 of the batch "fails"
+        ok = torch.ones(A.shape[0], dtype=torch.bool)
+        ok[2] = False  # and matrix 2 reports a bad info code
+        return lam, U, ok
+
+    solvers.register_solver("flaky_test", flaky)
+    try:
+        diagnostics.reset_failures()
+        A = matrix_with_spectrum(torch.rand(4, 5, dtype=torch.float64) + 0.5, seed=4).requires_grad_()
+        lam, U = svdlib.eigh(A, solver="flaky_test")
+        assert diagnostics.failure_count() == 2
+        assert diagnostics.last_failure()["indices"] == [1, 2]
+        torch.testing.assert_close(lam, torch.linalg.eigvalsh(A.detach()))
+        lam.sum().backward()
+        assert torch.isfinite(A.grad).all()
+        assert diagnostics.reset_failures() == 2 and diagnostics.failure_count() == 0
+    finally:
+        solvers.SOLVERS.pop("flaky_test")
+
+
+def test_torch_linalg_error_path_repairs_only_failed_matrix(monkeypatch):
+    real = torch.linalg.eigh
+    calls = {"batched": 0}
+
+    def raising(A, *args, **kwargs):
+        if A.dim() == 3:
+            calls["batched"] += 1
+            raise torch.linalg.LinAlgError("injected")
+        if A[0, 0] == 7.0 and A.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("injected")
+        return real(A, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", raising)
+    diagnostics.reset_failures()
+    A = torch.stack([torch.diag(torch.tensor([1.0, 2.0])), torch.diag(torch.tensor([7.0, 3.0]))])
+    lam, _ = svdlib.eigh(A)
+    assert calls["batched"] == 1 and diagnostics.failure_count() == 1
+    torch.testing.assert_close(lam, torch.tensor([[1.0, 2.0], [3.0, 7.0]]))
+    diagnostics.reset_failures()
+
+
+def test_power_iteration_solver_is_differentiable_baseline():
+    A = matrix_with_spectrum([0.5, 2.0, 8.0], seed=5).requires_grad_()
+    lam, U = svdlib.eigh(A, solver="power_iteration", iterations=200)
+    torch.testing.assert_close(lam, torch.linalg.eigvalsh(A.detach()), rtol=1e-8, atol=1e-10)
+    lam.sum().backward()
+    torch.testing.assert_close(A.grad, torch.eye(3, dtype=torch.float64), rtol=1e-6, atol=1e-8)
+
+
+def test_vmap_matches_batched_call():
+    A = matrix_with_spectrum(torch.rand(4, 5, dtype=torch.float64) + 0.1, seed=6)
+    lam_v, _ = torch.func.vmap(lambda a: svdlib.eigh(a))(A)
+    torch.testing.assert_close(lam_v, svdlib.eigh(A)[0])
+    f = lambda a: svdlib.sqrtm(a, backward="taylor", degree=50).sum()  # noqa: E731
+    grads = torch.func.vmap(torch.func.grad(f))(A)
+    ref = torch.stack([torch.func.grad(f)(a) for a in A])
+    torch.testing.assert_close(grads, ref)
+
+
+def test_torch_compile_fullgraph_on_cpu():
+    def f(a):
+        return svdlib.sqrtm(a, backward="taylor").sum()
+
+    A = matrix_with_spectrum([1.0, 2.0, 3.0, 4.0], seed=7).requires_grad_()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out = compiled(A)
+    out.backward()
+    B = A.detach().clone().requires_grad_()
+    f(B).backward()
+    torch.testing.assert_close(out, f(A.detach()))
+    torch.testing.assert_close(A.grad, B.grad)

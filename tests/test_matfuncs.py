@@ -1,0 +1,78 @@
+"""sqrtm / inv_sqrtm / powm, Newton-Schulz, covariance and condition number."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import svdlib
+from _spine_helpers import matrix_with_spectrum
+
+
+@pytest.mark.parametrize("method", ["eigh", "newton_schulz"])
+def test_sqrt_and_inverse_sqrt_match_scipy(method):
+    A = matrix_with_spectrum([0.6, 0.9, 1.3, 2.0], seed=0)  # well conditioned: NS converges
+    ref = torch.from_numpy(np.real(scipy.linalg.sqrtm(A.numpy())))
+    kw = {"iterations": 30} if method == "newton_schulz" else {}
+    torch.testing.assert_close(svdlib.sqrtm(A, method=method, **kw), ref, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(svdlib.inv_sqrtm(A, method=method, **kw), torch.linalg.inv(ref), rtol=1e-9, atol=1e-10)
+
+
+def test_newton_schulz_five_iterations_is_a_damped_root_on_ill_conditioned_input():
+    A = matrix_with_spectrum(torch.logspace(-4, 0, 16, dtype=torch.float64), seed=1)
+    exact = svdlib.sqrtm(A)
+    ns = svdlib.sqrtm(A, method="newton_schulz")  # 5 iterations, iSQRT-COV default
+    rel = (ns - exact).norm() / exact.norm()
+    assert rel > 1e-3  # measurably off: what notebook 03 quantifies
+    ns50 = svdlib.sqrtm(A, method="newton_schulz", iterations=60)
+    assert (ns50 - exact).norm() / exact.norm() < rel
+
+
+def test_powm_general_power_and_positive_integer():
+    A = matrix_with_spectrum([0.5, 1.0, 4.0], seed=2)
+    torch.testing.assert_close(svdlib.powm(A, 2), A @ A)
+    ref = torch.from_numpy(scipy.linalg.fractional_matrix_power(A.numpy(), 0.3).real)
+    torch.testing.assert_close(svdlib.powm(A, 0.3), ref)
+
+
+def test_sqrtm_gradient_matches_jacrev_of_independent_reference():
+    A = matrix_with_spectrum([0.5, 1.1, 2.0, 3.7, 6.0], seed=3)
+
+    def reference(a):  # torch.linalg.eigh with its own (ATen) backward
+        lam, U = torch.linalg.eigh(a)
+        return (U * lam.sqrt().unsqueeze(-2)) @ U.T
+
+    J_ref = torch.func.jacrev(reference)(A)
+    J_ref = 0.5 * (J_ref + J_ref.transpose(-1, -2))  # gradient w.r.t. a symmetric input
+    for backward, opts in [("exact", {}), ("taylor", {"degree": 300}), ("divided_difference", {})]:
+        J = torch.func.jacrev(lambda a: svdlib.sqrtm(a, backward=backward, **opts))(A)
+        torch.testing.assert_close(J, J_ref, rtol=1e-8, atol=1e-10)
+
+
+def test_newton_schulz_gradient_is_autograd_and_finite_at_rank_deficiency():
+    X = torch.randn(6, 3, dtype=torch.float64)
+    A = svdlib.covariance(X).requires_grad_()
+    svdlib.sqrtm(A, method="newton_schulz").sum().backward()
+    assert torch.isfinite(A.grad).all()
+
+
+def test_method_errors():
+    with pytest.raises(ValueError, match="unknown method"):
+        svdlib.sqrtm(torch.eye(2), method="svd")
+    with pytest.raises(ValueError, match="p = 0.5 or -0.5"):
+        svdlib.powm(torch.eye(2), 0.3, method="newton_schulz")
+
+
+def test_covariance_matches_numpy_and_condition_number_matches_eigenvalues():
+    X = torch.randn(3, 4, 50, dtype=torch.float64)
+    P = svdlib.covariance(X)
+    for b in range(3):
+        np.testing.assert_allclose(P[b].numpy(), np.cov(X[b].numpy(), bias=True), rtol=1e-12, atol=1e-12)
+    A = matrix_with_spectrum([[0.5, 1.0, 10.0], [0.0, 1.0, 2.0]], seed=4)
+    kappa = svdlib.condition_number(A)
+    assert kappa[0].item() == pytest.approx(20.0, rel=1e-10)
+    assert kappa[1].item() > 1e14  # singular up to rounding
+    assert svdlib.condition_number(torch.diag(torch.tensor([0.0, 1.0]))).item() == float("inf")
+    with pytest.raises(ValueError, match=r"\(\.\.\., d, N\)"):
+        svdlib.covariance(torch.ones(3))

@@ -1,0 +1,212 @@
+"""Remedies of svdlib.BACKWARDS against independent references (float64)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import svdlib
+from svdlib import remedies
+from _spine_helpers import matrix_with_spectrum, sign_invariant_loss
+
+SEPARATED = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+NEAR_EXACT = {
+    "exact": {},
+    "clip": {"threshold": 1e8},
+    "taylor": {"degree": 400, "eps": 1e-12},
+    "pade": {"order": (8, 8)},
+    "power_iteration": {"iterations": 400},
+    "truncate": {"threshold": 1e-12},
+}
+
+
+def _loss_fn(backward, options, W, c):
+    def f(A):
+        lam, U = svdlib.eigh(A, backward=backward, **options)
+        return sign_invariant_loss(lam, U, W, c)
+    return f
+
+
+def _reference_grad(A, W, c):
+    """torch.linalg.eigh's own analytic backward (ATen), float64: independent of svdlib."""
+    A = A.clone().requires_grad_()
+    lam, U = torch.linalg.eigh(A)
+    sign_invariant_loss(lam, U, W, c).backward()
+    g = A.grad
+    return 0.5 * (g + g.transpose(-1, -2))
+
+
+@pytest.mark.parametrize("backward", sorted(NEAR_EXACT))
+def test_every_remedy_matches_exact_gradient_on_separated_spectrum(backward):
+    A = matrix_with_spectrum(SEPARATED, seed=1)
+    g = torch.Generator().manual_seed(2)
+    W = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    W = W + W.T
+    c = torch.randn(6, generator=g, dtype=torch.float64)
+    f = _loss_fn(backward, NEAR_EXACT[backward], W, c)
+    ours = torch.func.grad(f)(A)
+    torch.testing.assert_close(ours, _reference_grad(A, W, c), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("backward", ["exact", "clip", "pade", "truncate"])
+def test_gradcheck_float64(backward):
+    A = matrix_with_spectrum([0.5, 1.5, 3.0, 7.0], seed=3).requires_grad_()
+    W = matrix_with_spectrum([-1.0, 0.3, 2.0, 5.0], seed=4)
+    c = torch.tensor([0.3, -1.2, 0.7, 2.0], dtype=torch.float64)
+    options = {"clip": {"threshold": 1e6}, "truncate": {"threshold": 1e-9}}.get(backward, {})
+    assert torch.autograd.gradcheck(_loss_fn(backward, options, W, c), (A,), eps=1e-6, atol=1e-6)
+
+
+def test_taylor_converges_to_exact_as_degree_grows():
+    lam = torch.tensor([1.0, 1.5, 2.0, 3.0], dtype=torch.float64)
+    exact = remedies.k_exact(lam)
+    errors = [(remedies.k_taylor(lam, degree=k, eps=1e-12) - exact).abs().max().item() for k in (1, 5, 10, 20, 40, 80)]
+    assert all(b < a for a, b in zip(errors, errors[1:]))
+    # the largest truncation error sits at the closest ratio x = 1.5/2 = 0.75: x^(K+1)/(1-x)/lam_i
+    x = 1.5 / 2.0
+    assert errors[-1] == pytest.approx(x**81 / (1 - x) / 2.0, rel=1e-6)
+
+
+def test_taylor_closed_form_equals_explicit_sum_and_bound():
+    lam = torch.tensor([0.0, 1e-12, 0.3, 0.3, 0.9, 1.0], dtype=torch.float64)
+    degree, eps = 9, 1e-10
+    K = remedies.k_taylor(lam, degree=degree, eps=eps)
+    lc = lam.clamp_min(eps)
+    ref = torch.zeros(6, 6, dtype=torch.float64)
+    for i in range(6):
+        for j in range(6):
+            if i == j:
+                continue
+            big, small = max(lc[i], lc[j]), min(lc[i], lc[j])
+            value = sum((small / big) ** k for k in range(degree + 1)) / big
+            ref[i, j] = value if i > j else -value
+    torch.testing.assert_close(K, ref, rtol=1e-12, atol=0)
+    assert K.abs().max() <= (degree + 1) / eps * (1 + 1e-12)
+    torch.testing.assert_close(K, -K.T)
+
+
+def test_clip_is_bounded_and_antisymmetric():
+    lam = torch.tensor([1.0, 1.0, 1.001, 5.0], dtype=torch.float64)
+    K = remedies.k_clip(lam, threshold=100.0)
+    assert K.abs().max() == 100.0
+    torch.testing.assert_close(K, -K.T)
+    assert K[3, 0] == pytest.approx(0.25)
+
+
+def test_pade_coefficients_reproduce_taylor_series_and_geometric_identity():
+    # exp(x): [2/2] Padé is (1 + x/2 + x^2/12)/(1 - x/2 + x^2/12), a textbook result.
+    a, b = remedies.pade_coefficients([1 / math.factorial(k) for k in range(5)], 2, 2)
+    np.testing.assert_allclose(a, [1, 0.5, 1 / 12], rtol=1e-12)
+    np.testing.assert_allclose(b, [1, -0.5, 1 / 12], rtol=1e-12)
+    # Geometric series: the approximant is 1/(1-x) itself (what notebook 03 shows).
+    a, b = remedies.pade_coefficients(np.ones(11), 5, 5)
+    x = np.linspace(0, 0.99, 50)
+    np.testing.assert_allclose(np.polyval(a[::-1], x) / np.polyval(b[::-1], x), 1 / (1 - x), rtol=1e-9)
+
+
+def test_pade_at_exact_tie_is_patched_to_batch_extreme():
+    lam = torch.tensor([[1.0, 2.0, 2.0, 3.0]], dtype=torch.float64)
+    K = remedies.k_pade(lam, order=(5, 5))
+    assert torch.isfinite(K).all()
+    torch.testing.assert_close(K, -K.transpose(-1, -2))
+    # away from the tie it is the exact K
+    exact = remedies.k_exact(lam)
+    off_tie = torch.ones(4, 4, dtype=torch.bool)
+    off_tie[1, 2] = off_tie[2, 1] = False
+    torch.testing.assert_close(K[0][off_tie], exact[0][off_tie], rtol=1e-10, atol=0)
+    # at the tie: the batch extreme (patched) or an enormous rounding value, with the pair's sign
+    assert K[0, 2, 1] >= 1.0 and K[0, 1, 2] <= -1.0
+
+
+def test_truncate_drops_small_directions():
+    lam = torch.tensor([1e-9, 1e-8, 0.5, 2.0], dtype=torch.float64)
+    U = torch.eye(4, dtype=torch.float64)
+    gU = torch.ones(4, 4, dtype=torch.float64)
+    gl = torch.ones(4, dtype=torch.float64)
+    dA = remedies.truncate(lam, U, gl, gU, threshold=1e-5)
+    assert dA[:2, :].abs().max() == 0 and dA[:, :2].abs().max() == 0
+    dA_top = remedies.truncate(lam, U, gl, gU, threshold=None, top_n=1)
+    assert dA_top[:3, :].abs().max() == 0 and dA_top[3, 3] == 1.0
+
+
+@pytest.mark.parametrize("backward", ["clip", "taylor", "pade", "power_iteration", "truncate"])
+def test_finite_gradients_at_repeated_and_zero_eigenvalues(backward):
+    A = matrix_with_spectrum([0.0, 0.0, 1.0, 1.0, 1.0, 3.0], seed=5).requires_grad_()
+    lam, U = svdlib.eigh(A, backward=backward)
+    W = matrix_with_spectrum([1.0, 2, 3, 4, 5, 6], seed=6)
+    (((W @ U) * U).sum() + lam.sum()).backward()
+    assert torch.isfinite(A.grad).all()
+
+
+def test_exact_is_nonfinite_at_exact_ties():
+    A = torch.diag(torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64)).requires_grad_()
+    lam, U = svdlib.eigh(A, backward="exact")
+    (U * torch.arange(9.0, dtype=torch.float64).reshape(3, 3)).sum().backward()
+    assert not torch.isfinite(A.grad).all()
+
+
+@pytest.mark.parametrize("backward", ["clip", "taylor", "pade", "power_iteration", "truncate", "divided_difference"])
+def test_float32_fuzz_rank_deficient_covariances(backward):
+    g = torch.Generator().manual_seed(7)
+    for trial in range(4):
+        X = torch.randn(8, 16, 5, generator=g)  # 16 features, 5 samples: rank <= 4
+        X[:, 3] = X[:, 2]  # an exactly repeated feature
+        A = svdlib.covariance(X).requires_grad_()
+        Q = svdlib.sqrtm(A, backward=backward, eps=1e-5)
+        (Q * torch.randn(Q.shape, generator=g)).sum().backward()
+        assert torch.isfinite(A.grad).all(), (backward, trial)
+
+
+def test_proposition_taylor_equals_power_iteration_gradient():
+    """Robust Differentiable SVD sec. 3.3: degree-K Taylor gradient of the dominant
+    eigenvector == gradient of K+1 power iterations started at that eigenvector."""
+    A = matrix_with_spectrum([0.2, 0.9, 1.7, 2.5, 4.0, 5.0], seed=8)
+    g = torch.randn(6, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    K = 7
+    A1 = A.clone().requires_grad_()
+    lam, U = svdlib.eigh(A1, backward="taylor", degree=K, eps=1e-12)
+    (g * U[:, -1]).sum().backward()
+
+    v0 = torch.linalg.eigh(A)[1][:, -1]
+    v0 = v0 * torch.sign(v0 @ U[:, -1].detach())  # same sign as svdlib's eigenvector
+    M = A.clone().requires_grad_()
+    v = v0
+    for _ in range(K + 1):
+        w = M @ v
+        v = w / w.norm()
+    (g * v).sum().backward()
+    pi_grad = 0.5 * (M.grad + M.grad.T)
+    torch.testing.assert_close(A1.grad, pi_grad, rtol=0, atol=1e-10)
+
+
+def test_power_iteration_remedy_dominant_vector_equals_taylor():
+    """For a loss on the dominant eigenvector only, SVD-PI with n iterations == Taylor degree n."""
+    A = matrix_with_spectrum([1.0, 2.0, 3.0, 5.0], seed=10)
+    G = torch.zeros(4, 4, dtype=torch.float64)
+    G[:, -1] = torch.randn(4, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    lam, U = torch.linalg.eigh(A)
+    gl = torch.zeros(4, dtype=torch.float64)
+    pi = remedies.power_iteration(lam, U, gl, G, iterations=6, energy_tol=0.0)
+    ty = remedies.taylor(lam, U, gl, G, degree=6, eps=1e-12)
+    torch.testing.assert_close(pi, ty, rtol=1e-9, atol=1e-11)
+
+
+def test_power_iteration_breaking_conditions_zero_small_directions():
+    A = matrix_with_spectrum([1e-7, 1e-6, 1.0, 2.0], seed=12)
+    lam, U = torch.linalg.eigh(A)
+    G = torch.zeros(4, 4, dtype=torch.float64)
+    G[:, 0] = U[:, 1]  # gradient only on the eigenvector of a tiny eigenvalue
+    dA = remedies.power_iteration(lam, U, torch.zeros(4, dtype=torch.float64), G, eps=1e-5)
+    assert dA.abs().max() == 0
+
+
+def test_unknown_remedy_and_option_are_clear_errors():
+    A = torch.eye(3)
+    with pytest.raises(ValueError, match="unknown backward 'nope'"):
+        svdlib.eigh(A, backward="nope")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['degre'\] for backward='taylor'"):
+        svdlib.eigh(A, backward="taylor", degre=3)
+    with pytest.raises(ValueError, match="applies to matrix functions"):
+        svdlib.eigh(A, backward="divided_difference")
