@@ -102,7 +102,11 @@ def eigh(
         power iteration with deflation, backward by autograd through it; ``backward`` is
         then ignored and ``iterations`` sets the number of steps, default 19).
     eps : float
-        Added to the diagonal before solving (eigenvalues shift by eps, eigenvectors unchanged).
+        Added to the diagonal before solving (eigenvalues shift by eps, eigenvectors
+        unchanged) and, when > 0, also used as the eigenvalue floor of the remedies that
+        clamp (taylor, pade, power_iteration), as in Robust Differentiable SVD sec. 4. With
+        the default 0 the remedies keep their own floors (taylor 1e-10, pade float64 eps,
+        power_iteration 1e-5).
     min_eigenvalue : float, optional
         Floor for the returned eigenvalues (straight-through gradient, see
         :func:`floor_eigenvalues`).
@@ -143,6 +147,9 @@ def eigh_compute(A, backward="taylor", solver="auto", *, eps=0.0, min_eigenvalue
         if iterations is not None:
             options = {**options, "iterations": iterations}
             remedies.validate_options(backward, options)
+        if eps and "eps" not in options and remedies.takes_option(backward, "eps"):
+            # The papers use one eps: added to the diagonal *and* the remedy's eigenvalue floor.
+            options = {**options, "eps": eps}
         Ac = prepare(A, compute_dtype, eps)
         name = solvers.resolve_solver(solver, Ac.device)
         lam, U = _Eigh.apply(Ac, name, backward, tuple(sorted(options.items())))

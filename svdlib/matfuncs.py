@@ -98,16 +98,15 @@ def powm(
         Remedy of :data:`svdlib.BACKWARDS` (method "eigh" only; ignored by Newton-Schulz,
         which is differentiated by autograd). "divided_difference" gives the exact gradient.
     eps : float
-        Added to the diagonal first (both methods).
+        Added to the diagonal first (both methods); for method "eigh" also the eigenvalue
+        floor of the remedies that clamp (see :func:`svdlib.eigh`).
     min_eigenvalue : float, optional
         Eigenvalue floor; default :func:`default_floor` (straight-through gradient).
     iterations : int, optional
         Newton-Schulz iterations (default 5) or power-iteration steps for
         ``backward="power_iteration"`` / ``solver="power_iteration"``.
     **options
-        Remedy options, e.g. ``degree=9, eps=...`` is spelled ``degree=9`` (the remedy's own
-        eigenvalue floor is ``options['eps']`` only through :func:`svdlib.eigh`; here ``eps``
-        is the diagonal shift).
+        Remedy options, e.g. ``degree=100`` for taylor or ``threshold=100`` for clip.
 
     Returns the caller's dtype (float16/bfloat16 computed in float32).
     """

@@ -28,6 +28,7 @@ __all__ = [
     "BACKWARDS",
     "register_backward",
     "validate_options",
+    "takes_option",
     "k_exact",
     "k_clip",
     "k_taylor",
@@ -311,6 +312,12 @@ BACKWARDS: dict[str, Callable[..., torch.Tensor]] = {
 def register_backward(name: str, fn: Callable[..., torch.Tensor]) -> None:
     """Add a remedy ``fn(lam, U, grad_lam, grad_U, **options) -> dL/dA`` to the registry."""
     BACKWARDS[name] = fn
+
+
+def takes_option(backward: str, option: str) -> bool:
+    """True when the remedy ``backward`` accepts keyword option ``option``."""
+    params = inspect.signature(BACKWARDS[backward]).parameters
+    return option in params and params[option].kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def validate_options(backward: str, options: dict) -> None:

@@ -1,0 +1,79 @@
+"""Argument checks shared by the layers of :mod:`svdlib.nn` (DESIGN.md, "Reliability and
+safety rules"): every message names the argument, the expected and the received value."""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+__all__ = [
+    "check_feature_map",
+    "check_method",
+    "check_backward",
+    "check_nonnegative",
+    "check_positive_int",
+]
+
+METHODS = ("eigh", "newton_schulz")
+
+
+def check_feature_map(x: torch.Tensor, name: str, channels: int | None = None) -> None:
+    """Validate a feature map of shape (B, C, H, W) with a real floating dtype.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The tensor to check.
+    name : str
+        The argument name used in the error message.
+    channels : int, optional
+        The expected number of channels C; not checked when None.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"{name} must be a feature map of shape (B, C, H, W) (4 dimensions), "
+            f"got shape {tuple(x.shape)} ({x.dim()} dimensions)"
+        )
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(
+            f"{name} must have {channels} channels (dimension 1 of (B, C, H, W)), "
+            f"got {x.shape[1]} (shape {tuple(x.shape)})"
+        )
+    if not x.is_floating_point() or x.is_complex():
+        raise ValueError(
+            f"{name} must have a real floating dtype (float32 or float64), got {x.dtype}"
+        )
+
+
+def check_method(method: str) -> str:
+    """Validate the matrix-function method name ("eigh" or "newton_schulz")."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return method
+
+
+def check_backward(backward: str) -> str:
+    """Validate a remedy name against :data:`svdlib.BACKWARDS` (imported lazily)."""
+    import svdlib
+
+    names = tuple(svdlib.BACKWARDS)
+    if backward not in names:
+        raise ValueError(f"backward must be one of {names}, got {backward!r}")
+    return backward
+
+
+def check_nonnegative(value, name: str) -> float:
+    """Validate a finite real number >= 0 and return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 \
+            or value == float("inf"):
+        raise ValueError(f"{name} must be a finite real number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_positive_int(value, name: str) -> int:
+    """Validate an integer >= 1 and return it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)

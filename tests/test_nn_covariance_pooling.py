@@ -1,0 +1,128 @@
+"""svdlib.nn.CovariancePooling: triu(Sigma^{1/2}) of the spatial covariance (ICCV 2021 GCP;
+orthogonality paper eq. 44), against scipy.linalg.sqrtm in float64."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from svdlib.nn import CovariancePooling
+
+scipy_linalg = pytest.importorskip("scipy.linalg")
+
+F64 = torch.float64
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device")]),
+]
+
+
+def _reference(z: torch.Tensor) -> np.ndarray:
+    """triu(sqrtm(cov)) per image with numpy + scipy (independent of svdlib)."""
+    out = []
+    for img in z.detach().double().numpy():
+        X = img.reshape(img.shape[0], -1)
+        Xc = X - X.mean(axis=1, keepdims=True)
+        root = np.real(scipy_linalg.sqrtm(Xc @ Xc.T / X.shape[1]))
+        out.append(root[np.triu_indices(X.shape[0])])
+    return np.stack(out)
+
+
+def _features(B=3, C=6, H=5, W=4, seed=0, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(C, C, generator=g, dtype=F64) + 2 * torch.eye(C, dtype=F64)
+    return torch.einsum("dc,bchw->bdhw", mix, torch.randn(B, C, H, W, generator=g, dtype=F64)).to(dtype)
+
+
+@pytest.mark.parametrize("backward", ["taylor", "pade", "exact"])
+def test_equals_triu_of_scipy_sqrtm_of_the_covariance(backward):
+    x = _features()
+    pool = CovariancePooling(6, reduced_dim=None, backward=backward).double()
+    y = pool(x)
+    assert y.shape == (3, pool.output_dim) == (3, 21)
+    np.testing.assert_allclose(y.numpy(), _reference(x), atol=1e-10)
+
+
+def test_with_the_conv_bn_relu_reduction():
+    x = _features(C=10, H=6, W=6)
+    pool = CovariancePooling(10, reduced_dim=5).double()
+    assert [type(m).__name__ for m in pool.reduce] == ["Conv2d", "BatchNorm2d", "ReLU"]
+    assert pool.reduce[0].kernel_size == (1, 1)
+    y = pool(x)
+    pool.eval()                                    # the reference reuses the same BN statistics
+    z = pool.reduce(x)
+    assert z.shape == (3, 5, 6, 6)
+    np.testing.assert_allclose(pool(x).detach().numpy(), _reference(z), atol=1e-10)
+    assert y.shape == (3, 15)
+
+
+def test_newton_schulz_normalisation_is_applied_once():
+    """iSQRT-COV pre-normalises by the trace and compensates by sqrt(trace): the result is the
+    square root itself (many iterations), and it is 1-homogeneous in the feature scale:
+    sqrt(cov(s x)) = s sqrt(cov(x)). A missing or doubled compensation breaks both."""
+    x = _features(H=8, W=8)
+    ns = CovariancePooling(6, reduced_dim=None, method="newton_schulz", iterations=30).double()
+    np.testing.assert_allclose(ns(x).numpy(), _reference(x), atol=1e-9)
+    ns5 = CovariancePooling(6, reduced_dim=None, method="newton_schulz").double()   # 5 steps
+    assert torch.allclose(ns5(1000.0 * x), 1000.0 * ns5(x), rtol=1e-10, atol=1e-10)
+
+
+def test_full_vectorisation_and_triu_order():
+    x = _features(B=2)
+    full = CovariancePooling(6, reduced_dim=None, vectorize="full").double()
+    tri = CovariancePooling(6, reduced_dim=None).double()
+    Q = full(x).reshape(2, 6, 6)
+    assert full.output_dim == 36 and torch.allclose(Q, Q.transpose(1, 2), atol=1e-12)
+    r, c = torch.triu_indices(6, 6)
+    assert torch.equal(tri(x), Q[:, r, c])
+
+
+@pytest.mark.parametrize("backward", ["taylor", "pade"])
+def test_rank_deficient_covariance_gives_finite_gradients(backward):
+    """H*W = 4 positions for 8 channels: the covariance has rank <= 3 (five zero eigenvalues)."""
+    x = _features(B=2, C=8, H=2, W=2, seed=1).requires_grad_(True)
+    pool = CovariancePooling(8, reduced_dim=None, backward=backward, track_condition_number=True).double()
+    y = pool(x)
+    assert (pool.last_condition_number > 1e10).all()
+    (y * torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=F64)).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
+
+
+def test_gradient_matches_finite_differences():
+    x = _features(B=2, C=4, H=4, W=4, seed=4).requires_grad_(True)
+    pool = CovariancePooling(4, reduced_dim=None, backward="divided_difference").double()
+    R = torch.randn(2, pool.output_dim, generator=torch.Generator().manual_seed(5), dtype=F64)
+    (gx,) = torch.autograd.grad((pool(x) * R).sum(), x)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(6), dtype=F64)
+    h = 1e-5
+    with torch.no_grad():
+        fd = ((pool(x + h * v) * R).sum() - (pool(x - h * v) * R).sum()) / (2 * h)
+    assert torch.allclose((gx * v).sum(), fd, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtypes_and_devices(device, dtype):
+    x = _features(B=4, C=8, H=4, W=4, dtype=dtype).to(device).requires_grad_(True)
+    pool = CovariancePooling(8, reduced_dim=6).to(device=device, dtype=dtype)
+    y = pool(x)
+    assert y.dtype == dtype and y.device.type == device and y.shape == (4, 21)
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_bad_input_and_arguments():
+    pool = CovariancePooling(4, reduced_dim=None)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\).*got shape \(2, 4, 9\)"):
+        pool(torch.randn(2, 4, 9))
+    with pytest.raises(ValueError, match="must have 4 channels.*got 3"):
+        pool(torch.randn(2, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"H\*W >= 2.*got H\*W = 1"):
+        pool(torch.randn(2, 4, 1, 1))
+    with pytest.raises(ValueError, match="vectorize must be one of"):
+        CovariancePooling(4, vectorize="tril")
+    with pytest.raises(ValueError, match="reduced_dim must be an integer >= 1, got 0"):
+        CovariancePooling(4, reduced_dim=0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        CovariancePooling(4, method="svd")

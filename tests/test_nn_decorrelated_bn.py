@@ -1,0 +1,279 @@
+"""svdlib.nn.DecorrelatedBatchNorm2d: ZCA whitening per group (Robust Differentiable SVD
+Alg. 2; orthogonality paper eq. 43), checked against independent references."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import svdlib
+from svdlib.nn import DecorrelatedBatchNorm2d
+
+F64 = torch.float64
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device")]),
+]
+
+
+def _groups(y: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """Split a (B, C, H, W) map into per-group (g, B*H*W) matrices."""
+    Y = y.transpose(0, 1).reshape(y.shape[1], -1)
+    return list(torch.split(Y, sizes, dim=0))
+
+
+def _np_cov(Z: np.ndarray) -> np.ndarray:
+    Zc = Z - Z.mean(axis=1, keepdims=True)
+    return Zc @ Zc.T / Z.shape[1]
+
+
+def _reference(x: torch.Tensor, sizes: list[int], eps: float, weight, bias) -> torch.Tensor:
+    """Independent ZCA: torch.linalg.eigh with torch's own autograd, one group at a time."""
+    outs = []
+    for Z in _groups(x, sizes):
+        mu = Z.mean(dim=1, keepdim=True)
+        Zc = Z - mu
+        cov = Zc @ Zc.T / Z.shape[1] + eps * torch.eye(Z.shape[0], dtype=Z.dtype)
+        lam, U = torch.linalg.eigh(cov)
+        outs.append((U * lam.rsqrt()) @ U.T @ Zc)
+    Y = torch.cat(outs, 0)
+    y = Y.reshape(x.shape[1], x.shape[0], *x.shape[2:]).transpose(0, 1)
+    return y * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+
+
+def _mixed_input(B=8, C=7, H=3, W=3, seed=0, dtype=F64, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(C, C, generator=g, dtype=F64) + 2 * torch.eye(C, dtype=F64)
+    x = torch.einsum("dc,bchw->bdhw", mix, torch.randn(B, C, H, W, generator=g, dtype=F64)) + 3.0
+    return x.to(dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "method,options", [("eigh", {}), ("newton_schulz", {"iterations": 40})]
+)
+def test_train_output_has_identity_covariance_per_group(device, method, options):
+    C, gs = 8, 3                                     # groups 3, 3 and the smaller 2
+    x = _mixed_input(B=10, C=C, device=device)
+    bn = DecorrelatedBatchNorm2d(C, group_size=gs, eps=0.0, method=method, **options).to(device, F64)
+    y = bn(x)
+    assert y.shape == x.shape and y.dtype == F64
+    for Z in _groups(y, [3, 3, 2]):
+        assert torch.allclose(Z.mean(1), torch.zeros(Z.shape[0], dtype=F64, device=device), atol=1e-10)
+        eye = torch.eye(Z.shape[0], dtype=F64, device=device)
+        assert torch.allclose(svdlib.covariance(Z), eye, atol=1e-6)
+    # and the groups are not whitened jointly: cross-group covariance stays non-zero
+    Y = y.transpose(0, 1).reshape(C, -1)
+    assert svdlib.covariance(Y)[:3, 3:].abs().max() > 1e-2
+
+
+def test_eps_shrinks_towards_sigma_over_sigma_plus_eps():
+    x = _mixed_input(C=4)
+    eps = 0.5
+    bn = DecorrelatedBatchNorm2d(4, eps=eps, affine=False).double()
+    y = bn(x)
+    X = x.transpose(0, 1).reshape(4, -1).numpy()
+    S = _np_cov(X)
+    expected = S @ np.linalg.inv(S + eps * np.eye(4))          # cov of (S+eps)^{-1/2} Xc
+    got = svdlib.covariance(y.transpose(0, 1).reshape(4, -1)).detach().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("backward", ["exact", "divided_difference"])
+def test_output_and_gradients_match_independent_reference(backward):
+    """Forward and input/parameter gradients equal torch.linalg.eigh + autograd (float64)."""
+    C, sizes = 7, [3, 3, 1]
+    x = _mixed_input(C=C, seed=1).requires_grad_(True)
+    bn = DecorrelatedBatchNorm2d(C, group_size=3, eps=1e-3, backward=backward).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    R = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+    y = bn(x)
+    gx, gw, gb = torch.autograd.grad((y * R).sum(), (x, bn.weight, bn.bias))
+
+    xr = x.detach().clone().requires_grad_(True)
+    w, b = bn.weight.detach().clone().requires_grad_(True), bn.bias.detach().clone().requires_grad_(True)
+    yr = _reference(xr, sizes, 1e-3, w, b)
+    rx, rw, rb = torch.autograd.grad((yr * R).sum(), (xr, w, b))
+    assert torch.allclose(y, yr, atol=1e-10)
+    assert torch.allclose(gx, rx, atol=1e-8)
+    assert torch.allclose(gw, rw, atol=1e-10) and torch.allclose(gb, rb, atol=1e-10)
+
+
+def test_eval_output_of_a_sample_does_not_depend_on_the_batch():
+    bn = DecorrelatedBatchNorm2d(6, group_size=4).double()
+    for seed in range(3):
+        bn(_mixed_input(C=6, seed=seed))
+    bn.eval()
+    x = _mixed_input(B=5, C=6, seed=10)
+    other = _mixed_input(B=5, C=6, seed=11) * 7.0
+    alone = bn(x[:1])
+    in_batch = bn(torch.cat([x[:1], other]))[:1]
+    assert torch.allclose(alone, in_batch, atol=1e-12)
+    # eval mode uses the running statistics: (running_cov + eps I)^{-1/2} (x - running_mean)
+    S = torch.linalg.eigh(bn.running_covariance + bn.eps * torch.eye(4, dtype=F64))
+    W = (S.eigenvectors * S.eigenvalues.rsqrt().unsqueeze(-2)) @ S.eigenvectors.transpose(-1, -2)
+    xc = (x[:1] - bn.running_mean.view(1, 6, 1, 1))[:, :4]
+    expected = torch.einsum("ij,bjhw->bihw", W[0], xc)
+    assert torch.allclose(alone[:, :4], expected, atol=1e-10)
+
+
+def test_running_statistics_follow_momentum_and_converge_to_the_data():
+    C, m = 5, 0.1
+    x = _mixed_input(C=C, B=6, seed=3)
+    bn = DecorrelatedBatchNorm2d(C, group_size=3, momentum=m).double()
+    X = x.transpose(0, 1).reshape(C, -1)
+    mean, cov_a, cov_b = X.mean(1), svdlib.covariance(X[:3]), svdlib.covariance(X[3:])
+    k = 30
+    for _ in range(k):
+        bn(x)
+    decay = (1 - m) ** k                              # running = (1-m)^k init + (1-(1-m)^k) batch
+    assert torch.allclose(bn.running_mean, (1 - decay) * mean, atol=1e-12)
+    assert torch.allclose(bn.running_covariance[0], decay * torch.eye(3, dtype=F64) + (1 - decay) * cov_a, atol=1e-12)
+    assert torch.allclose(bn.running_covariance_tail[0], decay * torch.eye(2, dtype=F64) + (1 - decay) * cov_b, atol=1e-12)
+    assert int(bn.num_batches_tracked) == k
+
+    # random batches of a fixed Gaussian: running statistics approach the population's
+    g = torch.Generator().manual_seed(4)
+    L = torch.tensor([[1.0, 0, 0], [0.8, 0.6, 0], [-0.5, 0.3, 0.4]], dtype=F64)
+    mu = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
+    bn = DecorrelatedBatchNorm2d(3, momentum=0.05).double()
+    for _ in range(150):
+        z = torch.randn(16, 3, 8, 8, generator=g, dtype=F64)
+        bn(torch.einsum("ij,bjhw->bihw", L, z) + mu.view(1, 3, 1, 1))
+    assert torch.allclose(bn.running_mean, mu, atol=0.02)
+    assert torch.allclose(bn.running_covariance[0], L @ L.T, atol=0.03)
+
+
+def test_cumulative_average_when_momentum_is_none():
+    bn = DecorrelatedBatchNorm2d(3, momentum=None).double()
+    xs = [_mixed_input(C=3, seed=s) for s in range(4)]
+    for x in xs:
+        bn(x)
+    covs = [svdlib.covariance(x.transpose(0, 1).reshape(3, -1)) for x in xs]
+    assert torch.allclose(bn.running_covariance[0], torch.stack(covs).mean(0), atol=1e-12)
+
+
+def test_running_whitening_matrix_mode():
+    x = _mixed_input(C=4, seed=5)
+    bn = DecorrelatedBatchNorm2d(4, running="whitening_matrix", momentum=0.25, eps=0.1).double()
+    bn(x)
+    assert not hasattr(bn, "running_covariance")
+    X = x.transpose(0, 1).reshape(4, -1)
+    lam, U = torch.linalg.eigh(svdlib.covariance(X) + 0.1 * torch.eye(4, dtype=F64))
+    W = (U * lam.rsqrt()) @ U.T
+    expected = 0.75 * torch.eye(4, dtype=F64) + 0.25 * W
+    assert torch.allclose(bn.running_whitening[0], expected, atol=1e-12)
+    bn.eval()
+    xc = x - bn.running_mean.view(1, 4, 1, 1)
+    assert torch.allclose(bn(x), torch.einsum("ij,bjhw->bihw", expected, xc), atol=1e-12)
+
+
+def test_state_dict_round_trip_and_eval_cache_invalidation():
+    bn = DecorrelatedBatchNorm2d(7, group_size=4).double()
+    for s in range(3):
+        bn(_mixed_input(C=7, seed=s))
+    bn.eval()
+    x = _mixed_input(C=7, seed=20)
+    y_before = bn(x)
+
+    buf = io.BytesIO()
+    torch.save(bn.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert {"running_mean", "running_covariance", "running_covariance_tail",
+            "num_batches_tracked", "weight", "bias"} <= set(state)
+    fresh = DecorrelatedBatchNorm2d(7, group_size=4).double().eval()
+    fresh(x)                                          # fills the eval cache with identity stats
+    fresh.load_state_dict(state)                      # in-place copy must invalidate the cache
+    assert torch.allclose(fresh(x), y_before, atol=1e-13)
+
+    bn.train()
+    bn(_mixed_input(C=7, seed=30))                    # stats change -> eval output changes
+    bn.eval()
+    assert not torch.allclose(bn(x), y_before, atol=1e-6)
+
+
+@pytest.mark.parametrize("backward,options,rtol", [
+    ("taylor", {}, 1e-3),                 # degree 9 truncates the series: an approximation
+    ("taylor", {"degree": 100}, 1e-6),
+    ("pade", {}, 1e-6),
+])
+def test_rank_deficient_input_has_finite_accurate_gradients(backward, options, rtol):
+    """Channels 2-5 repeat channels 0, 1: four zero eigenvalues, tied after + eps I."""
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(4, 2, 3, 3, generator=g, dtype=F64)
+    x = torch.cat([base, base, 2 * base], 1).requires_grad_(True)
+    bn = DecorrelatedBatchNorm2d(6, backward=backward, **options).double()
+    R = torch.randn(x.shape, generator=g, dtype=F64)
+    loss = (bn(x) * R).sum()
+    (gx,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(gx).all() and gx.abs().max() > 0
+    assert bn.last_condition_number.item() > 1e12     # the singular covariance, before eps
+    # and it is the gradient of the true loss, which is smooth here (eps > 0): central
+    # finite differences along random directions (an independent reference)
+    bn_ref = DecorrelatedBatchNorm2d(6, backward=backward, **options).double()
+    with torch.no_grad():
+        for _ in range(2):
+            v = torch.randn(x.shape, generator=g, dtype=F64)
+            h = 1e-5
+            fd = ((bn_ref(x + h * v) * R).sum() - (bn_ref(x - h * v) * R).sum()) / (2 * h)
+            assert torch.allclose((gx * v).sum(), fd, rtol=rtol, atol=1e-7)
+
+
+def test_last_condition_number_matches_numpy():
+    x = _mixed_input(C=7, seed=7)
+    bn = DecorrelatedBatchNorm2d(7, group_size=3).double()
+    bn(x)
+    X = x.transpose(0, 1).reshape(7, -1).numpy()
+    expected = []
+    for s, e in [(0, 3), (3, 6), (6, 7)]:
+        lam = np.linalg.eigvalsh(_np_cov(X[s:e]))
+        expected.append(lam[-1] / lam[0])
+    assert bn.last_condition_number.shape == (3,)
+    assert not bn.last_condition_number.requires_grad
+    np.testing.assert_allclose(bn.last_condition_number.numpy(), expected, rtol=1e-8)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32(device):
+    x = _mixed_input(C=6, B=16, dtype=torch.float32, device=device).requires_grad_(True)
+    bn = DecorrelatedBatchNorm2d(6, group_size=3, eps=0.0).to(device)
+    y = bn(x)
+    assert y.dtype == torch.float32 and y.device == x.device
+    for Z in _groups(y.detach().double(), [3, 3]):
+        assert torch.allclose(svdlib.covariance(Z), torch.eye(3, dtype=F64, device=device), atol=1e-3)
+    y.square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    bn.eval()
+    assert bn(x).dtype == torch.float32
+
+
+def test_bad_input_and_arguments():
+    bn = DecorrelatedBatchNorm2d(4)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\).*got shape \(2, 4\)"):
+        bn(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="must have 4 channels.*got 5"):
+        bn(torch.randn(2, 5, 3, 3))
+    with pytest.raises(ValueError, match=r"B\*H\*W >= 2.*got B\*H\*W = 1"):
+        bn(torch.randn(1, 4, 1, 1))
+    bn.eval()
+    assert bn(torch.randn(1, 4, 1, 1)).shape == (1, 4, 1, 1)      # eval needs no batch stats
+    with pytest.raises(ValueError, match="group_size must be <= num_features = 4, got 5"):
+        DecorrelatedBatchNorm2d(4, group_size=5)
+    with pytest.raises(ValueError, match="running must be one of"):
+        DecorrelatedBatchNorm2d(4, running="variance")
+    with pytest.raises(ValueError, match="method must be one of"):
+        DecorrelatedBatchNorm2d(4, method="svd")
+    with pytest.raises(ValueError, match="backward must be one of"):
+        DecorrelatedBatchNorm2d(4, backward="nope")
+    with pytest.raises(ValueError, match="momentum"):
+        DecorrelatedBatchNorm2d(4, momentum=1.5)
+    with pytest.raises(ValueError, match="eps must be a finite real number >= 0, got -1"):
+        DecorrelatedBatchNorm2d(4, eps=-1)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        DecorrelatedBatchNorm2d(4, sync=True)(torch.randn(2, 4, 2, 2))
