@@ -144,9 +144,8 @@ def eigh_compute(A, backward="taylor", solver="auto", *, eps=0.0, min_eigenvalue
         remedies.validate_options(backward, options)
         if backward == "divided_difference":
             remedies.divided_difference(None, None, None, None)
-        if iterations is not None:
+        if iterations is not None and remedies.takes_option(backward, "iterations"):
             options = {**options, "iterations": iterations}
-            remedies.validate_options(backward, options)
         if eps and "eps" not in options and remedies.takes_option(backward, "eps"):
             # The papers use one eps: added to the diagonal *and* the remedy's eigenvalue floor.
             options = {**options, "eps": eps}

@@ -1,20 +1,20 @@
 """Spectral matrix functions: sqrtm, inv_sqrtm, powm (the spine's output stage, eq. 4).
 
-``method="eigh"``: Q = U f(Lambda) U^T from :func:`svdlib.eigh`, whose backward applies the
-chosen remedy (eq. 5-7), or, with ``backward="divided_difference"``, the exact Daleckii-Krein
-gradient of :mod:`svdlib.divided_difference`. ``method="newton_schulz"``: the iSQRT-COV
+``method="eigh"``: Q = U f(Lambda) U^T. The backward is eq. 5-7 with the chosen remedy's K~;
+for the remedies of :data:`svdlib.fused.FUSABLE` it is folded into one Hadamard product
+(:mod:`svdlib.fused`; same gradient, fewer kernels, less rounding), and
+``backward="divided_difference"`` is the exact Daleckii-Krein gradient of
+:mod:`svdlib.divided_difference`. "power_iteration" and "truncate" go through
+:func:`svdlib.eigh` and autograd. ``method="newton_schulz"``: the iSQRT-COV
 iteration (:mod:`svdlib.newton_schulz`), p = +-1/2 only, differentiated by autograd.
 """
 from __future__ import annotations
 
 import torch
 
-from . import solvers
-from ._validation import is_traced
-from .divided_difference import divided_difference_matrix, spectral_backward
+from . import fused
 from .eigen import eigh_compute, floor_eigenvalues, prepare
 from .newton_schulz import newton_schulz_sqrtm
-from .remedies import validate_options
 
 __all__ = ["powm", "sqrtm", "inv_sqrtm", "default_floor"]
 
@@ -42,33 +42,6 @@ def default_floor(lam: torch.Tensor, p: float) -> torch.Tensor | None:
 
 def _compose(lam: torch.Tensor, U: torch.Tensor, p: float) -> torch.Tensor:
     return (U * lam.pow(p).unsqueeze(-2)) @ U.transpose(-1, -2)
-
-
-class _SpectralPower(torch.autograd.Function):
-    """Q = U lam^p U^T with the exact divided-difference backward."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(A, p, solver, min_eigenvalue):
-        lam, U = solvers.solve(A, solver, traced=is_traced(A))
-        floor = default_floor(lam, p) if min_eigenvalue is None else min_eigenvalue
-        if floor is not None:
-            lam = torch.maximum(lam, torch.as_tensor(floor, dtype=lam.dtype, device=lam.device))
-        return _compose(lam, U, p), lam, U
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, lam, U = output
-        ctx.mark_non_differentiable(lam, U)
-        ctx.save_for_backward(lam, U)
-        ctx.p = inputs[1]
-
-    @staticmethod
-    def backward(ctx, grad_Q, _grad_lam, _grad_U):
-        lam, U = ctx.saved_tensors
-        F = divided_difference_matrix(lam, ctx.p)
-        return spectral_backward(U, F, grad_Q), None, None, None
 
 
 def powm(
@@ -104,7 +77,8 @@ def powm(
         Eigenvalue floor; default :func:`default_floor` (straight-through gradient).
     iterations : int, optional
         Newton-Schulz iterations (default 5) or power-iteration steps for
-        ``backward="power_iteration"`` / ``solver="power_iteration"``.
+        ``backward="power_iteration"`` / ``solver="power_iteration"``; ignored otherwise, so a
+        layer can switch ``method`` without changing its keyword arguments.
     **options
         Remedy options, e.g. ``degree=100`` for taylor or ``threshold=100`` for clip.
 
@@ -120,14 +94,11 @@ def powm(
         Ac = prepare(A, compute_dtype, eps)
         root, inv_root = newton_schulz_sqrtm(Ac, 5 if iterations is None else iterations)
         return (root if p == 0.5 else inv_root).to(out_dtype)
-    if backward == "divided_difference" and solver != "power_iteration":
-        validate_options(backward, options)
-        if options:
-            raise ValueError(f"backward='divided_difference' takes no options, got {sorted(options)}")
-        Ac = prepare(A, compute_dtype, eps)
-        name = solvers.resolve_solver(solver, Ac.device)
-        Q, _, _ = _SpectralPower.apply(Ac, p, name, min_eigenvalue)
-        return Q.to(out_dtype)
+    if backward in fused.FUSABLE and solver != "power_iteration":
+        # Same gradient as the chain below (eq. 5-7 with the remedy's K~), folded into one
+        # Hadamard product; for "divided_difference" the exact Daleckii-Krein backward.
+        return fused.powm(A, p, backward, eps=eps, min_eigenvalue=min_eigenvalue, solver=solver,
+                          compute_dtype=compute_dtype, **options)
     lam, U = eigh_compute(A, backward, solver, eps=eps, compute_dtype=compute_dtype,
                           iterations=iterations, **options)
     floor = default_floor(lam, p) if min_eigenvalue is None else min_eigenvalue

@@ -4,6 +4,7 @@
   test module (or notebook kernel started by nbval/papermill, which inherit the environment)
   imports tqdm or matplotlib.
 - Every test starts from the same random state (python, numpy, torch).
+- torch runs single-threaded (OMP_NUM_THREADS=1 and torch.set_num_threads(1)).
 - ``@pytest.mark.cuda`` tests are skipped, with the reason, when torch sees no CUDA device.
 """
 from __future__ import annotations
@@ -13,6 +14,9 @@ import random
 
 os.environ["TQDM_DISABLE"] = "1"
 os.environ["MPLBACKEND"] = "Agg"
+# Test matrices are small: on a 2-core CI machine OpenMP threads cost more than they save
+# (10-20x slower under load), and one thread makes CPU results reproducible run to run.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
@@ -35,6 +39,7 @@ def _seed_everything():
         pass
     else:
         torch.manual_seed(SEED)
+        torch.set_num_threads(1)
     yield
 
 
