@@ -13,13 +13,6 @@ from svdlib.divided_difference import divided_difference_matrix, spectral_backwa
 DTYPES = [torch.float32, torch.float64]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Matrices here are tiny: one thread is faster, and immune to a busy CI host."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 # Relative Frobenius tolerance of fused vs reference: both round differently, nothing else.
 RTOL = {torch.float32: 2e-5, torch.float64: 1e-12}
 

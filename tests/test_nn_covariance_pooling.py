@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import svdlib
 from svdlib.nn import CovariancePooling
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
@@ -112,6 +113,86 @@ def test_dtypes_and_devices(device, dtype):
     assert torch.isfinite(x.grad).all()
 
 
+def _ill_conditioned(B=3, C=8, H=6, W=6, seed=0, smallest=1e-3, offset=5.0):
+    """float32 features whose covariance has condition number ~ 1/smallest**2 (1e6 by default):
+    forming it in float32 then costs ~1e-5 relative accuracy in the square root."""
+    g = torch.Generator().manual_seed(seed)
+    Q1 = torch.linalg.qr(torch.randn(C, C, generator=g, dtype=F64))[0]
+    Q2 = torch.linalg.qr(torch.randn(C, C, generator=g, dtype=F64))[0]
+    mix = Q1 @ torch.diag(torch.logspace(0, np.log10(smallest), C, dtype=F64)) @ Q2
+    z = torch.einsum("dc,bchw->bdhw", mix, torch.randn(B, C, H, W, generator=g, dtype=F64))
+    return (z + offset).float()
+
+
+def _relative_error(y: torch.Tensor, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(y.detach().double().numpy() - ref) / np.linalg.norm(ref))
+
+
+@pytest.mark.parametrize("reduced_dim", [None, 6])
+def test_covariance_dtype_float64_matches_a_float64_reference(reduced_dim):
+    """float32 input, covariance (and root) in float64 after the reduction: equal to the float64
+    scipy reference of the float32 reduced features to 1e-6 relative, output back in float32.
+    The default (all float32) misses that on this ill-conditioned covariance, so the check has
+    teeth."""
+    x = _ill_conditioned()
+    torch.manual_seed(0)
+    wide = CovariancePooling(8, reduced_dim=reduced_dim, covariance_dtype=F64).eval()
+    narrow = CovariancePooling(8, reduced_dim=reduced_dim).eval()
+    if reduced_dim is not None:
+        with torch.no_grad():
+            wide.reduce[1].bias.fill_(30.0)            # ReLU inactive: a nonsingular covariance
+        narrow.load_state_dict(wide.state_dict())
+    with torch.no_grad():
+        z = x if reduced_dim is None else wide.reduce(x)   # float32, as the layer computes it
+    ref = _reference(z)
+    y = wide(x)
+    assert y.dtype == torch.float32 and wide.covariance(x).dtype == F64
+    assert _relative_error(y, ref) < 1e-6
+    assert _relative_error(narrow(x), ref) > 1e-5     # float32 covariance: ~1e-5 off
+    assert "covariance_dtype=torch.float64" in repr(wide)
+
+
+def test_covariance_dtype_gradient_equals_the_float64_layer_gradient():
+    x = _ill_conditioned(B=2, H=4, W=4, seed=1, smallest=1e-2).requires_grad_(True)
+    x64 = x.detach().double().requires_grad_(True)
+    R = torch.randn(2, 36, generator=torch.Generator().manual_seed(7), dtype=F64)
+    wide = CovariancePooling(8, reduced_dim=None, covariance_dtype=F64)
+    ref = CovariancePooling(8, reduced_dim=None).double()
+    (wide(x) * R.float()).sum().backward()
+    (ref(x64) * R).sum().backward()
+    assert x.grad.dtype == torch.float32
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_default_covariance_dtype_is_the_unchanged_float32_pipeline():
+    x = _features(B=2, C=8, H=4, W=4, dtype=torch.float32)
+    pool = CovariancePooling(8, reduced_dim=6).eval()
+    assert pool.covariance_dtype is None and pool.covariance(x).dtype == torch.float32
+    z = pool.reduce(x).reshape(2, 6, 16)
+    expected = svdlib.sqrtm(svdlib.covariance(z), method="eigh", backward="taylor")
+    r, c = torch.triu_indices(6, 6)
+    y = pool(x)
+    assert y.dtype == torch.float32 and torch.equal(y, expected[:, r, c])
+
+
+def test_covariance_dtype_is_not_narrowed_by_autocast():
+    """Under CPU bfloat16 autocast the reduction runs in bfloat16; with covariance_dtype the
+    covariance and its root are float32 (autocast off there) and the output is the input's
+    dtype. The default keeps autocast's behaviour (bfloat16 output, ~1e-3 off)."""
+    x = _features(B=2, C=8, H=6, W=6, dtype=torch.float32)
+    torch.manual_seed(0)
+    pool = CovariancePooling(8, reduced_dim=6, covariance_dtype=torch.float32).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = pool.reduce(x)
+        y = pool(x)
+        pool.covariance_dtype = None
+        y_default = pool(x)
+    assert z.dtype == torch.bfloat16 and y.dtype == torch.float32
+    ref = _reference(z.float())
+    assert _relative_error(y, ref) < 1e-5
+    assert y_default.dtype == torch.bfloat16 and _relative_error(y_default, ref) > 1e-4
+
+
 def test_bad_input_and_arguments():
     pool = CovariancePooling(4, reduced_dim=None)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\).*got shape \(2, 4, 9\)"):
@@ -126,3 +207,7 @@ def test_bad_input_and_arguments():
         CovariancePooling(4, reduced_dim=0)
     with pytest.raises(ValueError, match="method must be one of"):
         CovariancePooling(4, method="svd")
+    with pytest.raises(ValueError, match="covariance_dtype must be.*got torch.int64"):
+        CovariancePooling(4, covariance_dtype=torch.int64)
+    with pytest.raises(ValueError, match="covariance_dtype must be.*got 'float64'"):
+        CovariancePooling(4, covariance_dtype="float64")

@@ -9,13 +9,6 @@ from svdlib.ortho import nearest_orthogonal
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matrices: one intra-op thread is as fast and does not oversubscribe a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _gen(seed):

@@ -9,13 +9,6 @@ from svdlib.ortho import PreSVD, orthogonal_weight, presvd_param_groups, spectra
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matrices: one intra-op thread is as fast and does not oversubscribe a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(seed=0, conv_out=6):
@@ -223,3 +216,74 @@ def test_presvd_param_groups_and_validation():
         PreSVD(opt, model[0], name="bias")  # the conv has bias=False
     with pytest.raises(ValueError, match="nog_method"):
         PreSVD(opt, model[0], nog_method="qr")
+
+
+# --------------------------------------------------------------------------- resume
+def test_presvd_keeps_acting_after_load_state_dict_into_the_same_optimizer():
+    """``load_state_dict`` replaces the param-group dicts; NOG and OLR must act on the new ones."""
+    model = _model(conv_out=4)
+    opt = torch.optim.SGD(presvd_param_groups(model, model[0]), lr=10.0)
+    presvd = PreSVD(opt, model[0], nog=True, olr=True)
+    for step in range(2):
+        if step == 1:
+            old_group = opt.param_groups[1]
+            opt.load_state_dict(opt.state_dict())
+            assert opt.param_groups[1] is not old_group  # the dict really was replaced
+            assert presvd.group is opt.param_groups[1]
+        _backward(model, seed=20 + step)
+        W0, R = model[0].weight.detach().clone(), _u_vt(model[0].weight.grad.detach())
+        eta = _eta(W0, R, 10.0)
+        assert eta < 10.0  # OLR's eta*, not the group's lr, must move the weight
+        opt.step()
+        assert presvd.last.olr_applied and presvd.last.eta == pytest.approx(eta, rel=1e-12)
+        torch.testing.assert_close(model[0].weight.detach(), W0 - eta * R, atol=1e-12, rtol=0)
+        assert opt.param_groups[1]["lr"] == 10.0  # scheduled lr restored in the live group
+
+
+@pytest.mark.parametrize("olr", [True, False])
+@pytest.mark.parametrize("attach", ["before_load", "after_load"])
+def test_presvd_resumes_on_a_fresh_optimizer_and_model(attach, olr):
+    """Checkpoint after one step, rebuild model + optimizer + PreSVD, load, step: the update is
+    the momentum step on U V^T with OLR's eta (or the *loaded* lr), whichever the attach order."""
+    model = _model(conv_out=4)
+    opt = torch.optim.SGD(presvd_param_groups(model, model[0]), lr=10.0, momentum=0.9)
+    PreSVD(opt, model[0], nog=True, olr=olr)
+    _backward(model, seed=30)
+    buf = _u_vt(model[0].weight.grad.detach())  # first momentum buffer = the NOG gradient
+    opt.step()
+    model_sd, opt_sd = model.state_dict(), opt.state_dict()
+
+    fresh = _model(seed=99, conv_out=4)
+    fresh.load_state_dict(model_sd)
+    # a different constructor lr: the loaded 10.0 must be the lr that OLR compares against
+    opt2 = torch.optim.SGD(presvd_param_groups(fresh, fresh[0]), lr=123.0, momentum=0.9)
+    if attach == "before_load":
+        presvd2 = PreSVD(opt2, fresh[0], nog=True, olr=olr)
+        opt2.load_state_dict(opt_sd)
+    else:
+        opt2.load_state_dict(opt_sd)
+        presvd2 = PreSVD(opt2, fresh[0], nog=True, olr=olr)
+    _backward(fresh, seed=31)
+    W0, R = fresh[0].weight.detach().clone(), _u_vt(fresh[0].weight.grad.detach())
+    eta = _eta(W0, R, 10.0) if olr else 10.0
+    opt2.step()
+    assert presvd2.last.lr == 10.0 and presvd2.last.eta == pytest.approx(eta, rel=1e-12)
+    assert presvd2.last.olr_applied == olr and presvd2.last.nog_applied
+    torch.testing.assert_close(fresh[0].weight.detach(), W0 - eta * (0.9 * buf + R), atol=1e-12, rtol=0)
+    assert opt2.param_groups[1]["lr"] == 10.0
+
+
+def test_presvd_raises_when_its_group_no_longer_holds_the_parameter():
+    model = _model(conv_out=4)
+    opt = torch.optim.SGD(presvd_param_groups(model, model[0]), lr=10.0)
+    presvd = PreSVD(opt, model[0], nog=True, olr=True)
+    opt.param_groups.reverse()  # the Pre-SVD group moves from index 1 to 0
+    _backward(model)
+    W0 = model[0].weight.detach().clone()
+    with pytest.raises(RuntimeError, match=r"param_groups\[1\].*no longer holds.*now in group 0"):
+        opt.step()
+    assert torch.equal(model[0].weight.detach(), W0)  # nothing was updated
+    with pytest.raises(RuntimeError, match="no longer holds"):
+        presvd.group
+    presvd.detach()
+    opt.param_groups.reverse()

@@ -10,13 +10,6 @@ from svdlib.ortho.toy import parse_treatment, simulate, spiked_gradient_draws, t
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matrices: one intra-op thread is as fast and does not oversubscribe a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 D, N_IN, SAMPLES, LR = 16, 32, 256, 0.1
 

@@ -10,13 +10,6 @@ from svdlib.ortho import add_orthogonal_loss, orthogonal_loss, orthogonal_weight
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matrices: one intra-op thread is as fast and does not oversubscribe a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _as_matrix(W):

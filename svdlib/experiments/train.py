@@ -199,8 +199,8 @@ def _build_optimizer(model: nn.Module, cfg: ExperimentConfig) -> torch.optim.Opt
 
 
 def _attach_presvd(model: nn.Module, opt: torch.optim.Optimizer, cfg: ExperimentConfig):
-    """NOG/OLR step hooks on the Pre-SVD group, or None. Attach *after* loading an optimizer
-    state: ``load_state_dict`` replaces the ``param_groups`` dicts a hook may hold on to."""
+    """NOG/OLR step hooks on the Pre-SVD group, or None. PreSVD looks its group up at every
+    step, so it may be attached before or after ``opt.load_state_dict`` (done after here)."""
     if "nog" not in cfg.treatments and "olr" not in cfg.treatments:
         return None
     import svdlib.ortho as ortho

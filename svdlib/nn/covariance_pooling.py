@@ -6,6 +6,8 @@ appendix B.2, eq. 44; iSQRT-COV (Li et al., CVPR 2018) for the Newton-Schulz pat
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -69,6 +71,13 @@ class CovariancePooling(nn.Module):
     track_condition_number : bool, default False
         Store ``last_condition_number`` (B,), the condition number of each image's covariance,
         at every forward (one extra eigenvalue solve; off by default because d is large).
+    covariance_dtype : torch.dtype or None, default None
+        Real floating dtype in which the covariance *and* its square root are formed: the
+        reduced features are cast to it after the 1x1 reduction, autocast is switched off for
+        the covariance and the square root, and the output is cast back to the input's dtype.
+        ``torch.float64`` reproduces the ICCV 2021 code, which casts the reduced features to
+        double before forming the covariance (``compute_dtype`` alone only widens the square
+        root, not the covariance it is given). None (default): everything in the features' dtype.
     **options
         Passed to :func:`svdlib.sqrtm` (e.g. ``iterations=5``, ``degree=100``,
         ``compute_dtype=torch.float64``: the ICCV 2021 code eigendecomposes in float64).
@@ -98,10 +107,18 @@ class CovariancePooling(nn.Module):
         backward: str = "taylor",
         vectorize: str = "triu",
         track_condition_number: bool = False,
+        covariance_dtype: torch.dtype | None = None,
         **options,
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int(in_channels, "in_channels")
+        if covariance_dtype is not None and not (
+                isinstance(covariance_dtype, torch.dtype) and covariance_dtype.is_floating_point):
+            raise ValueError(
+                "covariance_dtype must be None or a real floating torch.dtype (e.g. "
+                f"torch.float64), got {covariance_dtype!r}"
+            )
+        self.covariance_dtype = covariance_dtype
         if reduced_dim is None:
             self.reduce = None
             self.dim = self.in_channels
@@ -127,28 +144,52 @@ class CovariancePooling(nn.Module):
         s = (f"in_channels={self.in_channels}, dim={self.dim}, method={self.method!r}, "
              f"backward={self.backward!r}, vectorize={self.vectorize!r}, "
              f"output_dim={self.output_dim}")
+        if self.covariance_dtype is not None:
+            s += f", covariance_dtype={self.covariance_dtype}"
         if self.options:
             s += ", " + ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return s
 
-    def covariance(self, x: torch.Tensor) -> torch.Tensor:
-        """The (B, d, d) covariance of the (reduced) features over the H*W positions."""
+    def _reduced(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate ``x`` and apply the 1x1 reduction (in the network's dtype)."""
         check_feature_map(x, "input", self.in_channels)
         if self.reduce is not None:
             x = self.reduce(x)
-        B, d, H, W = x.shape
+        H, W = x.shape[-2:]
         if H * W < 2:
             raise ValueError(
                 "CovariancePooling needs at least 2 spatial positions (H*W >= 2) to estimate a "
                 f"covariance, got H*W = {H * W} (input shape {tuple(x.shape)})"
             )
-        return svdlib.covariance(x.reshape(B, d, H * W))
+        return x
+
+    def _wide(self, z: torch.Tensor):
+        """No autocast while ``covariance_dtype`` is in force (it would narrow the matmuls)."""
+        if self.covariance_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=z.device.type, enabled=False)
+
+    def _covariance_of(self, z: torch.Tensor) -> torch.Tensor:
+        B, d, H, W = z.shape
+        if self.covariance_dtype is not None:
+            z = z.to(self.covariance_dtype)
+        return svdlib.covariance(z.reshape(B, d, H * W))
+
+    def covariance(self, x: torch.Tensor) -> torch.Tensor:
+        """The (B, d, d) covariance of the (reduced) features over the H*W positions, in
+        ``covariance_dtype`` when that is set."""
+        z = self._reduced(x)
+        with self._wide(z):
+            return self._covariance_of(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pool ``x`` (B, C, H, W) into (B, output_dim)."""
-        P = self.covariance(x)
-        if self.track_condition_number:
-            with torch.no_grad():
-                self.last_condition_number = svdlib.condition_number(P.detach())
-        Q = svdlib.sqrtm(P, method=self.method, backward=self.backward, **self.options)
-        return vectorize_symmetric(Q, self.vectorize)
+        """Pool ``x`` (B, C, H, W) into (B, output_dim), in ``x``'s dtype."""
+        z = self._reduced(x)
+        with self._wide(z):
+            P = self._covariance_of(z)
+            if self.track_condition_number:
+                with torch.no_grad():
+                    self.last_condition_number = svdlib.condition_number(P.detach())
+            Q = svdlib.sqrtm(P, method=self.method, backward=self.backward, **self.options)
+            y = vectorize_symmetric(Q, self.vectorize)
+        return y if self.covariance_dtype is None else y.to(x.dtype)

@@ -182,8 +182,11 @@ class PreSVD:
         The tensor treated: ``module.weight``, or for a parametrized weight
         (:func:`orthogonal_weight`, :func:`spectral_norm`) the underlying
         ``module.parametrizations.weight.original``.
+    group_index : int
+        Index of the Pre-SVD group in ``optimizer.param_groups``.
     group : dict
-        The Pre-SVD parameter group.
+        The Pre-SVD parameter group, looked up in ``optimizer.param_groups`` on every access
+        (see "Resuming" below).
     last : PreSVDRecord or None
         Diagnostics of the latest step: the eta used, eta*, whether OLR/NOG applied, and the
         treated parameter's orthogonality error after the step.
@@ -209,6 +212,14 @@ class PreSVD:
     and OLR chooses eta so that ``X - eta dL/dX`` is nearest-orthogonal (the ECCV code does the
     same with its skew convolution's parameter). The effective weight is orthogonal in any case.
     Likewise, with :func:`spectral_norm` they act on the unnormalised weight.
+
+    **Resuming.** ``optimizer.load_state_dict`` replaces every param-group dict by a new one, so
+    PreSVD never keeps a group: each step (and :attr:`group`) takes
+    ``optimizer.param_groups[group_index]`` and checks, by identity, that it still holds the
+    Pre-SVD parameter. PreSVD may therefore be attached before or after loading an optimizer
+    state; if the group at that index no longer holds the parameter (e.g. a state dict of an
+    optimizer whose groups were ordered differently was loaded), the step raises a
+    ``RuntimeError`` instead of silently treating the wrong group or none.
 
     **Skipped steps.** A missing gradient, or one with NaN/Inf, is left untouched and the group
     keeps its scheduled lr (recorded in ``last.skipped``); NOG never produces NaN (see
@@ -258,7 +269,6 @@ class PreSVD:
         self.nog_iterations = nog_iterations
         self.parameter = _target_parameter(module, name)
         self.group_index = self._find_or_create_group()
-        self.group = optimizer.param_groups[self.group_index]
         if reference_group is not None:
             n = len(optimizer.param_groups)
             if not isinstance(reference_group, int) or not 0 <= reference_group < n:
@@ -273,6 +283,7 @@ class PreSVD:
         self._keep_history = bool(history)
         self._steps = 0
         self._saved_lr: float | torch.Tensor | None = None
+        self._saved_group: dict | None = None
         self._pending: PreSVDRecord | None = None
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_hook),
@@ -298,26 +309,53 @@ class PreSVD:
         self.optimizer.add_param_group({"params": new})
         return len(self.optimizer.param_groups) - 1
 
+    @property
+    def group(self) -> dict:
+        """The Pre-SVD param group, looked up now (``load_state_dict`` replaces the group dicts).
+
+        Raises
+        ------
+        RuntimeError
+            If ``optimizer.param_groups[group_index]`` no longer holds the Pre-SVD parameter.
+        """
+        groups = self.optimizer.param_groups
+        i = self.group_index
+        if i < len(groups) and any(p is self.parameter for p in groups[i]["params"]):
+            return groups[i]
+        where = [j for j, g in enumerate(groups) if any(p is self.parameter for p in g["params"])]
+        found = f"it is now in group {where[0]}" if where else "it is in no group"
+        raise RuntimeError(
+            f"PreSVD: optimizer.param_groups[{i}] (of {len(groups)} groups) no longer holds the "
+            f"Pre-SVD parameter (shape {tuple(self.parameter.shape)}); {found}. The optimizer's "
+            "groups were changed after PreSVD was attached (e.g. load_state_dict of a differently "
+            "ordered optimizer): detach() this PreSVD and attach a new one"
+        )
+
     # ------------------------------------------------------------------ hooks
     def _restore_lr(self) -> None:
+        # into the dict that received eta; if load_state_dict replaced it since, the new group
+        # holds the loaded (scheduled) lr already and the stale dict is no longer used
         if self._saved_lr is None:
             return
-        if isinstance(self.group["lr"], torch.Tensor):
-            self.group["lr"].copy_(self._saved_lr)
+        group, saved = self._saved_group, self._saved_lr
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].copy_(saved)
         else:
-            self.group["lr"] = self._saved_lr
-        self._saved_lr = None
+            group["lr"] = saved
+        self._saved_group = self._saved_lr = None
 
-    def _reference_lr(self) -> float:
-        group = self.group if self.reference_group is None else self.optimizer.param_groups[self.reference_group]
+    def _reference_lr(self, group: dict) -> float:
+        if self.reference_group is not None:
+            group = self.optimizer.param_groups[self.reference_group]
         return float(group["lr"])
 
     @torch.no_grad()
     def _pre_hook(self, optimizer, args, kwargs) -> None:
         self._restore_lr()  # a previous step that raised between the hooks
+        group = self.group  # looked up each step: load_state_dict replaces the group dicts
         self._steps += 1
-        lr = self._reference_lr()
-        rec = PreSVDRecord(step=self._steps, lr=lr, eta=float(self.group["lr"]))
+        lr = self._reference_lr(group)
+        rec = PreSVDRecord(step=self._steps, lr=lr, eta=float(group["lr"]))
         self._pending = rec
         p = self.parameter
         G = p.grad
@@ -338,13 +376,14 @@ class PreSVD:
                 rec.eta, rec.olr_applied = star, True
             else:
                 rec.eta = lr
-            current = self.group["lr"]
+            current = group["lr"]
+            self._saved_group = group
             if isinstance(current, torch.Tensor):
                 self._saved_lr = current.clone()
                 current.fill_(rec.eta)
             else:
                 self._saved_lr = current
-                self.group["lr"] = rec.eta
+                group["lr"] = rec.eta
 
     @torch.no_grad()
     def _post_hook(self, optimizer, args, kwargs) -> None:
