@@ -1,7 +1,6 @@
 """Issue 10: the exact divided-difference (Daleckii-Krein) gradient of matrix functions."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import scipy.linalg
 import torch

@@ -19,8 +19,8 @@ def _haar_rows(n, m, gen, batch=()):
 
 def _reference(W, G, lr):
     """eq. 20 and eq. 21 written out in numpy on the vectorised weight and gradient."""
-    w, l = W.numpy().ravel(), G.numpy().ravel()
-    star = (w @ w) * (l @ w) / ((w @ w) * (l @ l) + 2 * (l @ w) ** 2)
+    w, gv = W.numpy().ravel(), G.numpy().ravel()
+    star = (w @ w) * (gv @ w) / ((w @ w) * (gv @ gv) + 2 * (gv @ w) ** 2)
     return star, (star if 0 < star < lr else lr)
 
 
@@ -59,8 +59,8 @@ def test_proposition_1_bounds_in_the_proofs_regime(N, M):
     t = torch.logspace(-2, 1, draws, dtype=F64).reshape(-1, 1, 1)
     U, _, Vh = torch.linalg.svd(W + t * torch.randn(draws, N, M, generator=gen, dtype=F64), full_matrices=False)
     G = U @ Vh
-    w, l = W.reshape(draws, -1), G.reshape(draws, -1)
-    wtw, ltw, ltl = (w * w).sum(1), (l * w).sum(1), (l * l).sum(1)
+    w, gv = W.reshape(draws, -1), G.reshape(draws, -1)
+    wtw, ltw, ltl = (w * w).sum(1), (gv * w).sum(1), (gv * gv).sum(1)
     stars = wtw * ltw / (wtw * ltl + 2 * ltw**2)  # eq. 20 for every draw at once
     regime = ltw >= 1.0
     assert regime.sum() >= draws // 3

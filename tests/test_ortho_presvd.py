@@ -33,8 +33,8 @@ def _u_vt(G):
 
 
 def _eta(W, G, lr):
-    w, l = W.reshape(-1).numpy(), G.reshape(-1).numpy()
-    star = (w @ w) * (l @ w) / ((w @ w) * (l @ l) + 2 * (l @ w) ** 2)
+    w, gv = W.reshape(-1).numpy(), G.reshape(-1).numpy()
+    star = (w @ w) * (gv @ w) / ((w @ w) * (gv @ gv) + 2 * (gv @ w) ** 2)
     return star if 0 < star < lr else lr
 
 
