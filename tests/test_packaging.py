@@ -143,7 +143,9 @@ def test_makefile_and_readme_agree_on_the_two_commands():
         assert line in MAKEFILE
     assert re.search(r"^\$\(STAMP\): pyproject.toml \| \$\(PY\)$", MAKEFILE, re.MULTILINE), "reinstall only when pyproject.toml changes"
     recipe = re.search(r"^test: .*\n\t(.*)$", MAKEFILE, re.MULTILINE).group(1)
-    assert "-m pytest tests notebooks --nbval-lax --nbval-current-env" in recipe
+    assert "-m pytest tests $(NBVAL_NOTEBOOKS) --nbval-lax --nbval-current-env" in recipe
+    assert _make_default("NBVAL_NOTEBOOKS") == "$(wildcard notebooks/0*.ipynb)"
+    assert "pytest tests notebooks/0*.ipynb --nbval-lax --nbval-current-env" in README
     assert "-m svdlib.experiments.notebook" in re.search(r"^reproduce: .*\n\t(.*)$", MAKEFILE, re.MULTILINE).group(1)
     ci = (REPO / ".ci" / "run").read_text()
     assert ci.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in ci
