@@ -567,7 +567,8 @@ def run_suite(
         up); False re-runs everything, overwriting.
     if_declared : mapping, optional
         Suite-wide values (``profile``, ``data_root``) given only to notebooks that declare
-        them, silently ignored by the others.
+        them, silently ignored by the others. ``results_root`` is always given to the
+        notebooks that declare it; those aggregate the suite's results and are never skipped.
     kernel, timeout
         As in :func:`run_notebook`.
     keep_going : bool
@@ -592,6 +593,9 @@ def run_suite(
             f"parameters: {orphans} are declared by none of {[nb.stem for nb in notebooks]}"
         )
     results_root = Path(results_root).expanduser().resolve()
+    # A notebook that declares `results_root` aggregates the others' results (16_summary):
+    # it is told where they are, and it runs again every time, since its inputs change.
+    if_declared = {"results_root": str(results_root), **(if_declared or {})}
     runs: list[NotebookRun] = []
     failures: list[NotebookExecutionError] = []
     for nb in notebooks:
@@ -600,7 +604,8 @@ def run_suite(
         resolved = _resolve_parameters(nb, declared[nb], values)
         paths = _paths(nb, results_root)
         done = _finished(paths)
-        if done is not None and skip_finished:
+        aggregator = "results_root" in declared[nb]
+        if done is not None and skip_finished and not aggregator:
             stale = done.get("source_sha256") != _source_digest(nb)
             if not stale and done.get("parameters") == _jsonable(resolved):
                 say(f"[{nb.stem}] skipped: finished before ({paths['output']})")
