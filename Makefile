@@ -3,9 +3,9 @@
 #   make test        create .venv if missing, install .[notebooks,test], run pytest + nbval
 #   make reproduce   same environment; execute the notebook suite with papermill into results/
 #
-# Variables (override on the command line, e.g. `make reproduce PROFILE=full DATA=~/data`):
+# Variables (override on the command line, e.g. `make reproduce PROFILE=paper DATA=~/data`):
 #   PYTHON   interpreter used to create .venv              (default: python3)
-#   PROFILE  passed as parameter `profile` to notebooks that declare it (default: quick)
+#   PROFILE  `profile` of the notebooks that declare it: quick (CPU minutes) or paper (default: quick)
 #   DATA     passed as parameter `data_root` to notebooks that declare it (default: unset)
 #   ONLY     notebook numbers or names to run, e.g. ONLY="00 03"   (default: all)
 #   RESULTS  where executed notebooks, figures and tables go      (default: results)
