@@ -165,3 +165,79 @@ def test_figures_tables_and_claims_written(run, metrics):
     claims = metrics["what_we_showed"]
     assert len(claims) >= 10 and all(set(c) == {"claim", "paper value", "our value"} for c in claims)
     assert all("[profile: quick · cpu]" in c["our value"] for c in claims)
+
+
+# --------------------------------------------------------------------------- report.json
+# What notebook 16 aggregates: our ratios beside ECCV22 Table 6, TPAMI Table X and Fig. 7,
+# checked against metrics.json of the same run and the stored paper tables; the verdicts of the
+# claims must agree in direction with the medians (the spreads they also use are not in metrics).
+
+
+@pytest.fixture(scope="module")
+def report(run):
+    return json.loads((run.results_dir / "report.json").read_text())
+
+
+def test_report_rows_beside_table6_table_x_and_fig7(metrics, report):
+    from svdlib.experiments.summary import match_table, summarize
+
+    assert report["notebook"] == "15_speed" and report["profile"] == "quick"
+    assert "cpu, 1 thread(s)" in report["scale"] and "Fig. 7: 8 channels" in report["scale"]
+    rows = report["rows"]
+    t6 = [r for r in rows if r["table"] == "ECCV22 Table 6"]
+    paper6 = {r["treatments"] or "svd": r for r in paper_table("timing")}
+    ours6 = metrics["ratios"]["presvd_table6"]
+    assert len(t6) == 2 * len(paper6)
+    for r in t6:
+        phase = "fp" if r["metric"].startswith("FP") else "bp"
+        assert "RTX A6000" in r["metric"] and f"{phase.upper()} time, ratio to SVD row, CPU quick" in r["ours_metric"]
+        assert r["paper"] == paper6[r["treatments"]][f"{phase}_ms"]
+        assert r["paper_ratio_to_svd"] == pytest.approx(r["paper"] / paper6["svd"][f"{phase}_ms"])
+        assert r["ours"] == pytest.approx(ours6[r["treatments"]][f"{phase}_vs_svd"]) and r["ours_std"] >= 0
+    assert {r["ours"] for r in t6 if r["treatments"] == "svd"} == {1.0}
+    tx = {r["treatment"]: r for r in rows if r["table"] == "TPAMI Table X"}
+    assert {k: r["paper"] for k, r in tx.items()} == {"taylor": 122, "clip": 122, "power_iteration": 184,
+                                                      "newton_schulz": None}
+    for key, r in tx.items():
+        assert r["ours"] == pytest.approx(metrics["ratios"]["wct_table_x"][key]["vs_svd_wct"])
+    fig7 = [r for r in rows if r["table"] == "TPAMI Fig. 7"]
+    by_d = {row["d"]: row for row in metrics["ratios"]["fig7"]["rows"]}
+    assert len(fig7) == 5 * len(by_d) and all(r["paper"] is None for r in fig7)
+    for r in fig7:
+        assert r["ours"] == pytest.approx(by_d[r["d"]][f"{r['variant']} bwd_ms"])
+    # notebook 16 files them under the stored tables; every paper value is a stored cell
+    assert {match_table(r["table"]) for r in rows} == {"timing", "style_transfer", None}
+    summary = summarize([report])
+    assert summary.tables["timing"].uncovered == []
+    assert all(r["paper_in_table"] for t in ("timing", "style_transfer") for r in summary.tables[t].rows
+               if r["paper"] is not None)
+
+
+def test_report_claims_agree_with_the_medians(metrics, report):
+    claims = {c["claim"]: c for c in report["claims"]}
+    assert len(claims) == 8 and all(c["paper_holds"] is True for c in claims.values())
+    t6 = metrics["ratios"]["presvd_table6"]
+    for name, key, limit in (("NOG", "nog", 0.03), ("OLR", "olr", 0.02)):
+        claim = claims[f"{name} adds at most about {2 if name == 'NOG' else 1}% to the backward pass (BP)"]
+        assert claim["source"] == "ECCV22 Table 6"
+        if claim["ours_holds"] is not None:  # a verdict beyond the spread agrees with the median
+            assert claim["ours_holds"] is (t6[key]["bp_vs_svd"] - 1 <= limit)
+    ow = claims["OW adds time to both FP and BP (a matrix exponential and its derivative)"]["ours_holds"]
+    if ow is True:
+        assert t6["ow"]["fp_vs_svd"] > 1 and t6["ow"]["bp_vs_svd"] > 1
+    fig7 = metrics["ratios"]["fig7"]["rows"]
+    faster = claims["SVD-Taylor backward is faster than SVD-PI backward at every group size d"]
+    if faster["ours_holds"] is not None:
+        assert faster["ours_holds"] is all(r["pi_vs_taylor_bwd"] > 1 for r in fig7)
+    for variant, name in (("taylor, looped", "SVD-Taylor"), ("power_iteration, looped", "SVD-PI")):
+        falls = claims[f"{name} backward time falls as d grows when the groups are processed one by one"]
+        if falls["ours_holds"] is not None:
+            assert falls["ours_holds"] is (fig7[-1][f"{variant} bwd_ms"] < fig7[0][f"{variant} bwd_ms"])
+    wct = metrics["ratios"]["wct_table_x"]
+    pi = claims["PI-WCT inference is slower than SVD-WCT (sequential deflation)"]
+    if pi["ours_holds"] is not None:
+        assert pi["ours_holds"] is (wct["power_iteration"]["vs_svd_wct"] > 1)
+    same = claims["Clip-WCT and SVD-WCT take the same inference time (the same forward pass), within 10%"]
+    if same["ours_holds"] is True:
+        assert abs(wct["clip"]["vs_svd_wct"] - 1) <= 0.1
+    assert all("[profile: quick · cpu]" in c["evidence"] for c in claims.values())
