@@ -464,7 +464,7 @@ def table_markdown(ts: TableSummary, heading: str = "###") -> str:
                      _fmt(r["ours"], r["ours_std"]), r["ours_metric"], f"`{r['profile']}`", r["scale"], r["notebook"]]
                 for c, r in zip(cited, ts.rows)]
         out += [_md_table((["cited"] if ts.name is None else []) + [
-            "row", "paper metric", "paper", "ours (mean ± std over seeds)", "our metric",
+            "row", "paper metric", "paper", "ours (± spread: see our metric)", "our metric",
             "profile", "scale we ran at", "notebook"], body), ""]
         if any(r["paper_in_table"] is False for r in ts.rows):
             out += ["† this paper value is not in the stored table (svdlib/experiments/paper_numbers): "
