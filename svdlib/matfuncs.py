@@ -1,11 +1,12 @@
 """Spectral matrix functions: sqrtm, inv_sqrtm, powm (the spine's output stage, eq. 4).
 
 ``method="eigh"``: Q = U f(Lambda) U^T. The backward is eq. 5-7 with the chosen remedy's K~;
-for the remedies of :data:`svdlib.fused.FUSABLE` it is folded into one Hadamard product
-(:mod:`svdlib.fused`; same gradient, fewer kernels, less rounding), and
+for the remedies of :data:`svdlib.fused.FUSABLE` but "exact" it is folded into one Hadamard
+product (:mod:`svdlib.fused`; same gradient, fewer kernels, less rounding), and
 ``backward="divided_difference"`` is the exact Daleckii-Krein gradient of
-:mod:`svdlib.divided_difference`. "power_iteration" and "truncate" go through
-:func:`svdlib.eigh` and autograd. ``method="newton_schulz"``: the iSQRT-COV
+:mod:`svdlib.divided_difference`. "exact" (the
+papers' plain-SVD reference), "power_iteration" and "truncate" go through :func:`svdlib.eigh`
+and autograd. ``method="newton_schulz"``: the iSQRT-COV
 iteration (:mod:`svdlib.newton_schulz`), p = +-1/2 only, differentiated by autograd.
 """
 from __future__ import annotations
@@ -94,9 +95,13 @@ def powm(
         Ac = prepare(A, compute_dtype, eps)
         root, inv_root = newton_schulz_sqrtm(Ac, 5 if iterations is None else iterations)
         return (root if p == 0.5 else inv_root).to(out_dtype)
-    if backward in fused.FUSABLE and solver != "power_iteration":
+    if backward in fused.FUSABLE and backward != "exact" and solver != "power_iteration":
         # Same gradient as the chain below (eq. 5-7 with the remedy's K~), folded into one
         # Hadamard product; for "divided_difference" the exact Daleckii-Krein backward.
+        # "exact" stays on the chain on purpose: it is the papers' plain-SVD reference, whose
+        # dL/dU and dL/dlam terms are formed separately and cancel in floating point near
+        # ties (the folded form K_ij (f_i - f_j) would quietly turn it into a bounded
+        # divided difference and hide the failure mode the papers measure).
         return fused.powm(A, p, backward, eps=eps, min_eigenvalue=min_eigenvalue, solver=solver,
                           compute_dtype=compute_dtype, **options)
     lam, U = eigh_compute(A, backward, solver, eps=eps, compute_dtype=compute_dtype,
