@@ -382,7 +382,7 @@ class _FusedPower(torch.autograd.Function):
 def powm(
     A: torch.Tensor,
     p: float,
-    backward: str = "taylor",
+    backward: str = remedies.DEFAULT_MATFUNC_BACKWARD,
     *,
     eps: float = 0.0,
     min_eigenvalue: float | None = None,
@@ -416,11 +416,11 @@ def powm(
     return Q.to(out_dtype)
 
 
-def sqrtm(A: torch.Tensor, backward: str = "taylor", **kwargs) -> torch.Tensor:
+def sqrtm(A: torch.Tensor, backward: str = remedies.DEFAULT_MATFUNC_BACKWARD, **kwargs) -> torch.Tensor:
     """Matrix square root with the fused backward; see :func:`powm`."""
     return powm(A, 0.5, backward, **kwargs)
 
 
-def inv_sqrtm(A: torch.Tensor, backward: str = "taylor", **kwargs) -> torch.Tensor:
+def inv_sqrtm(A: torch.Tensor, backward: str = remedies.DEFAULT_MATFUNC_BACKWARD, **kwargs) -> torch.Tensor:
     """Inverse matrix square root with the fused backward; see :func:`powm`."""
     return powm(A, -0.5, backward, **kwargs)

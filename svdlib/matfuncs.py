@@ -16,6 +16,7 @@ import torch
 from . import fused
 from .eigen import eigh_compute, floor_eigenvalues, prepare
 from .newton_schulz import newton_schulz_sqrtm
+from .remedies import DEFAULT_MATFUNC_BACKWARD
 
 __all__ = ["powm", "sqrtm", "inv_sqrtm", "default_floor"]
 
@@ -49,7 +50,7 @@ def powm(
     A: torch.Tensor,
     p: float,
     method: str = "eigh",
-    backward: str = "taylor",
+    backward: str = DEFAULT_MATFUNC_BACKWARD,
     *,
     eps: float = 0.0,
     min_eigenvalue: float | None = None,
@@ -70,7 +71,9 @@ def powm(
     method : "eigh" | "newton_schulz"
     backward : str
         Remedy of :data:`svdlib.BACKWARDS` (method "eigh" only; ignored by Newton-Schulz,
-        which is differentiated by autograd). "divided_difference" gives the exact gradient.
+        which is differentiated by autograd). Default "divided_difference": the exact
+        gradient, bounded by the eigenvalue floor (README, "Which backward by default");
+        "taylor", "pade", "clip", ... reproduce the papers' remedies.
     eps : float
         Added to the diagonal first (both methods); for method "eigh" also the eigenvalue
         floor of the remedies that clamp (see :func:`svdlib.eigh`).
@@ -110,7 +113,7 @@ def powm(
     return _compose(floor_eigenvalues(lam, floor), U, p).to(out_dtype)
 
 
-def sqrtm(A: torch.Tensor, method: str = "eigh", backward: str = "taylor", **kwargs) -> torch.Tensor:
+def sqrtm(A: torch.Tensor, method: str = "eigh", backward: str = DEFAULT_MATFUNC_BACKWARD, **kwargs) -> torch.Tensor:
     """Matrix square root A^{1/2} (second-order pooling, colouring). See :func:`powm`.
 
     >>> import torch, svdlib
@@ -120,7 +123,7 @@ def sqrtm(A: torch.Tensor, method: str = "eigh", backward: str = "taylor", **kwa
     return powm(A, 0.5, method, backward, **kwargs)
 
 
-def inv_sqrtm(A: torch.Tensor, method: str = "eigh", backward: str = "taylor", **kwargs) -> torch.Tensor:
+def inv_sqrtm(A: torch.Tensor, method: str = "eigh", backward: str = DEFAULT_MATFUNC_BACKWARD, **kwargs) -> torch.Tensor:
     """Inverse square root A^{-1/2} (ZCA whitening, Alg. 2 of Robust Differentiable SVD).
 
     >>> import torch, svdlib

@@ -26,6 +26,8 @@ import torch
 
 __all__ = [
     "BACKWARDS",
+    "DEFAULT_EIGH_BACKWARD",
+    "DEFAULT_MATFUNC_BACKWARD",
     "register_backward",
     "validate_options",
     "takes_option",
@@ -45,6 +47,12 @@ __all__ = [
 ]
 
 FLOAT64_EPS = float(np.finfo(np.float64).eps)
+
+#: Default remedy of :func:`svdlib.eigh` (a loss on eigenvectors needs an approximation of K).
+DEFAULT_EIGH_BACKWARD = "taylor"
+#: Default backward of the matrix functions (sqrtm, inv_sqrtm, powm) and of the layers in
+#: svdlib.nn: the exact divided-difference gradient. Why: README "Which backward by default".
+DEFAULT_MATFUNC_BACKWARD = "divided_difference"
 
 
 # ----------------------------------------------------------------------------- helpers

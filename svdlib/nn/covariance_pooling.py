@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import svdlib
+from svdlib.remedies import DEFAULT_MATFUNC_BACKWARD
 
 from ._checks import check_backward, check_feature_map, check_method, check_positive_int
 
@@ -64,7 +65,9 @@ class CovariancePooling(nn.Module):
         post-compensation by sqrt(tr(Sigma)) of iSQRT-COV are done by
         :func:`svdlib.sqrtm` itself (and only there), so the two methods return the same
         quantity, Sigma^{1/2}, up to the iteration's accuracy.
-    backward : str, default "taylor"
+    backward : str, default "divided_difference"
+        (``svdlib.remedies.DEFAULT_MATFUNC_BACKWARD``: the exact, bounded gradient; pass
+        "taylor" for the papers' SVD-Taylor)
         Backward remedy name, a key of :data:`svdlib.BACKWARDS` (used by ``method="eigh"``).
     vectorize : {"triu", "full"}, default "triu"
         Upper-triangular vector of length d(d+1)/2 or the full d*d matrix, flattened.
@@ -104,7 +107,7 @@ class CovariancePooling(nn.Module):
         in_channels: int,
         reduced_dim: int | None = 256,
         method: str = "eigh",
-        backward: str = "taylor",
+        backward: str = DEFAULT_MATFUNC_BACKWARD,
         vectorize: str = "triu",
         track_condition_number: bool = False,
         covariance_dtype: torch.dtype | None = None,

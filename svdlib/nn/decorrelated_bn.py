@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import svdlib
+from svdlib.remedies import DEFAULT_MATFUNC_BACKWARD
 
 from ._checks import (
     check_backward,
@@ -80,7 +81,9 @@ class DecorrelatedBatchNorm2d(nn.Module):
         whitening matrices themselves.
     method : {"eigh", "newton_schulz"}, default "eigh"
         How the inverse square root is computed (see :func:`svdlib.inv_sqrtm`).
-    backward : str, default "taylor"
+    backward : str, default "divided_difference"
+        (``svdlib.remedies.DEFAULT_MATFUNC_BACKWARD``: the exact, bounded gradient; pass
+        "taylor" for the papers' SVD-Taylor)
         Backward remedy name, a key of :data:`svdlib.BACKWARDS`.
     process_group : optional
         torch.distributed group the batch statistics are shared over (default: the world).
@@ -138,7 +141,7 @@ class DecorrelatedBatchNorm2d(nn.Module):
         affine: bool = True,
         running: str = "covariance",
         method: str = "eigh",
-        backward: str = "taylor",
+        backward: str = DEFAULT_MATFUNC_BACKWARD,
         process_group=None,
         sync: bool | None = None,
         track_condition_number: bool = True,

@@ -10,6 +10,7 @@ import numbers
 import torch
 
 import svdlib
+from svdlib.remedies import DEFAULT_MATFUNC_BACKWARD
 
 from ._checks import check_backward, check_feature_map, check_method, check_nonnegative, check_positive_int
 
@@ -41,7 +42,7 @@ def _check_common(method: str, backward: str) -> None:
 def whiten(
     x: torch.Tensor,
     method: str = "eigh",
-    backward: str = "taylor",
+    backward: str = DEFAULT_MATFUNC_BACKWARD,
     eps: float = 1e-5,
     groups: int = 1,
     **options,
@@ -62,7 +63,9 @@ def whiten(
         Feature map (B, C, H, W), H*W >= 2.
     method : {"eigh", "newton_schulz"}, default "eigh"
         Passed to :func:`svdlib.inv_sqrtm`.
-    backward : str, default "taylor"
+    backward : str, default "divided_difference"
+        (``svdlib.remedies.DEFAULT_MATFUNC_BACKWARD``: the exact, bounded gradient; pass
+        "taylor" for the papers' SVD-Taylor)
         Remedy name, a key of :data:`svdlib.BACKWARDS`.
     eps : float, default 1e-5
         Added as ``eps * I`` to each content covariance; keeps the whitening finite when H*W
@@ -90,7 +93,7 @@ def color(
     xw: torch.Tensor,
     style: torch.Tensor,
     method: str = "eigh",
-    backward: str = "taylor",
+    backward: str = DEFAULT_MATFUNC_BACKWARD,
     groups: int = 1,
     **options,
 ) -> torch.Tensor:
@@ -143,7 +146,7 @@ def wct(
     style: torch.Tensor,
     alpha: float = 1.0,
     method: str = "eigh",
-    backward: str = "taylor",
+    backward: str = DEFAULT_MATFUNC_BACKWARD,
     eps: float = 1e-5,
     groups: int = 1,
     **options,
@@ -204,7 +207,7 @@ def color_transfer(
     style_img: torch.Tensor,
     alpha: float = 1.0,
     method: str = "eigh",
-    backward: str = "taylor",
+    backward: str = DEFAULT_MATFUNC_BACKWARD,
     eps: float = 1e-5,
     **options,
 ) -> torch.Tensor:
