@@ -18,3 +18,14 @@ def sign_invariant_loss(lam: torch.Tensor, U: torch.Tensor, W: torch.Tensor, c: 
     """sum_i c_i u_i^T W u_i + sum_i c_i^2 lam_i: independent of eigenvector signs."""
     quad = ((W @ U) * U).sum(-2)
     return (c * quad).sum() + (c**2 * lam).sum()
+
+
+def _cuda_param():
+    import pytest
+
+    return pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device")])
+
+
+#: Devices a layer test runs on: CPU always, CUDA when present (skipped cleanly otherwise).
+DEVICES = ["cpu", _cuda_param()]

@@ -12,11 +12,7 @@ import svdlib
 from svdlib.nn import DecorrelatedBatchNorm2d
 
 F64 = torch.float64
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="needs a CUDA device")]),
-]
+from _spine_helpers import DEVICES  # noqa: E402
 
 
 def _groups(y: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:

@@ -12,11 +12,7 @@ from svdlib.nn import color, color_transfer, whiten, wct
 scipy_linalg = pytest.importorskip("scipy.linalg")
 
 F64 = torch.float64
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="needs a CUDA device")]),
-]
+from _spine_helpers import DEVICES  # noqa: E402
 
 
 def _maps(B, C, H, W, seed, shift=0.0, dtype=F64, device="cpu"):
