@@ -71,9 +71,9 @@ def powm(
     method : "eigh" | "newton_schulz"
     backward : str
         Remedy of :data:`svdlib.BACKWARDS` (method "eigh" only; ignored by Newton-Schulz,
-        which is differentiated by autograd). Default "divided_difference": the exact
-        gradient, bounded by the eigenvalue floor (README, "Which backward by default");
-        "taylor", "pade", "clip", ... reproduce the papers' remedies.
+        which is differentiated by autograd). Default "taylor" (the papers' SVD-Taylor;
+        README, "Which backward by default"); "divided_difference" is the exact gradient,
+        bounded by the eigenvalue floor.
     eps : float
         Added to the diagonal first (both methods); for method "eigh" also the eigenvalue
         floor of the remedies that clamp (see :func:`svdlib.eigh`).

@@ -51,8 +51,10 @@ FLOAT64_EPS = float(np.finfo(np.float64).eps)
 #: Default remedy of :func:`svdlib.eigh` (a loss on eigenvectors needs an approximation of K).
 DEFAULT_EIGH_BACKWARD = "taylor"
 #: Default backward of the matrix functions (sqrtm, inv_sqrtm, powm) and of the layers in
-#: svdlib.nn: the exact divided-difference gradient. Why: README "Which backward by default".
-DEFAULT_MATFUNC_BACKWARD = "divided_difference"
+#: svdlib.nn. "divided_difference" is exact and as cheap, but in training at our scale it was
+#: never better than Taylor and once worse, so the papers' choice stays the default (README,
+#: "Which backward by default").
+DEFAULT_MATFUNC_BACKWARD = "taylor"
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -65,9 +65,9 @@ class CovariancePooling(nn.Module):
         post-compensation by sqrt(tr(Sigma)) of iSQRT-COV are done by
         :func:`svdlib.sqrtm` itself (and only there), so the two methods return the same
         quantity, Sigma^{1/2}, up to the iteration's accuracy.
-    backward : str, default "divided_difference"
-        (``svdlib.remedies.DEFAULT_MATFUNC_BACKWARD``: the exact, bounded gradient; pass
-        "taylor" for the papers' SVD-Taylor)
+    backward : str, default "taylor"
+        (``svdlib.remedies.DEFAULT_MATFUNC_BACKWARD``, the papers' SVD-Taylor); pass
+        "divided_difference" for the exact, bounded gradient
         Backward remedy name, a key of :data:`svdlib.BACKWARDS` (used by ``method="eigh"``).
     vectorize : {"triu", "full"}, default "triu"
         Upper-triangular vector of length d(d+1)/2 or the full d*d matrix, flattened.

@@ -81,9 +81,9 @@ class DecorrelatedBatchNorm2d(nn.Module):
         whitening matrices themselves.
     method : {"eigh", "newton_schulz"}, default "eigh"
         How the inverse square root is computed (see :func:`svdlib.inv_sqrtm`).
-    backward : str, default "divided_difference"
-        (``svdlib.remedies.DEFAULT_MATFUNC_BACKWARD``: the exact, bounded gradient; pass
-        "taylor" for the papers' SVD-Taylor)
+    backward : str, default "taylor"
+        (``svdlib.remedies.DEFAULT_MATFUNC_BACKWARD``, the papers' SVD-Taylor); pass
+        "divided_difference" for the exact, bounded gradient
         Backward remedy name, a key of :data:`svdlib.BACKWARDS`.
     process_group : optional
         torch.distributed group the batch statistics are shared over (default: the world).

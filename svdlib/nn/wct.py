@@ -63,9 +63,9 @@ def whiten(
         Feature map (B, C, H, W), H*W >= 2.
     method : {"eigh", "newton_schulz"}, default "eigh"
         Passed to :func:`svdlib.inv_sqrtm`.
-    backward : str, default "divided_difference"
-        (``svdlib.remedies.DEFAULT_MATFUNC_BACKWARD``: the exact, bounded gradient; pass
-        "taylor" for the papers' SVD-Taylor)
+    backward : str, default "taylor"
+        (``svdlib.remedies.DEFAULT_MATFUNC_BACKWARD``, the papers' SVD-Taylor); pass
+        "divided_difference" for the exact, bounded gradient
         Remedy name, a key of :data:`svdlib.BACKWARDS`.
     eps : float, default 1e-5
         Added as ``eps * I`` to each content covariance; keeps the whitening finite when H*W
