@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_json
+
 __all__ = [
     "DEFAULT_PATTERN",
     "NotebookExecutionError",
@@ -265,9 +267,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _write_json_atomic(path: Path, data: Mapping) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, _jsonable(data), sort_keys=True)
 
 
 def _read_record(path: Path) -> dict | None:
