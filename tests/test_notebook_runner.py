@@ -183,3 +183,26 @@ def test_module_entry_point_lists_the_real_suite():
     assert proc.returncode == 0, proc.stderr
     assert "notebooks/00_tour.ipynb" in proc.stdout
     assert "results_dir: str" in proc.stdout
+
+
+def _images(executed: Path) -> list[str]:
+    nb = json.loads(executed.read_text())
+    return [c["source"] if isinstance(c["source"], str) else "".join(c["source"])
+            for c in nb["cells"] if c["cell_type"] == "code"
+            for out in c.get("outputs", []) if "image/png" in out.get("data", {})]
+
+
+def test_executed_notebooks_carry_their_figures_while_the_caller_is_headless(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # what make exports: nothing may open a window
+    nb = _write_notebook(tmp_path / "nbs" / "02_plot.ipynb", 'results_dir: str = ""  # outputs', [
+        "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])\nplt.show()",
+        "fig, ax = plt.subplots()\nax.plot([2, 1])  # no show(): the inline backend draws it at the cell's end",
+        'import matplotlib\nprint(matplotlib.get_backend())',
+    ])
+    run = runner.run_notebook(nb, tmp_path / "out", timeout=120)
+    assert len(_images(run.output)) == 2
+    assert "inline" in _stdout(run.output)
+    assert os.environ["MPLBACKEND"] == "Agg"  # restored for the caller
+    headless = runner.run_notebook(nb, tmp_path / "agg", timeout=120, inline_figures=False)
+    assert _images(headless.output) == [] and "agg" in _stdout(headless.output).lower()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import datetime as _dt
 import glob
 import hashlib
@@ -312,6 +313,28 @@ def _versions() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- execution
+#: matplotlib's inline backend: figures become PNG outputs of the cell, no display needed.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+@contextlib.contextmanager
+def _kernel_environment(**values: str | None):
+    """Set environment variables for the kernel papermill starts (it copies ``os.environ``);
+    None leaves a variable as it is. Restored afterwards."""
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is not None:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _import_papermill():
     try:
         import papermill
@@ -382,6 +405,7 @@ def run_notebook(
     overwrite: bool = False,
     start_timeout: float = 120,
     log_output: bool = False,
+    inline_figures: bool = True,
 ) -> NotebookRun:
     """Execute one notebook with papermill and write it, with its results, under ``out_dir``.
 
@@ -408,6 +432,10 @@ def run_notebook(
         Seconds allowed for the kernel to start.
     log_output : bool
         Echo the cells' output to this process's log while running.
+    inline_figures : bool
+        Run the kernel with matplotlib's inline backend, whatever ``MPLBACKEND`` says here (``make``
+        exports ``Agg`` so that tests stay headless), so the executed notebook carries its figures
+        as PNG outputs. The inline backend needs no display. False: the kernel inherits ``MPLBACKEND``.
 
     Returns
     -------
@@ -460,17 +488,18 @@ def run_notebook(
 
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(
-            str(notebook),
-            str(paths["partial"]),
-            parameters=injected,
-            kernel_name=kernel,
-            progress_bar=False,
-            log_output=log_output,
-            cwd=str(notebook.resolve().parent),
-            start_timeout=start_timeout,
-            execution_timeout=timeout,
-        )
+        with _kernel_environment(MPLBACKEND=INLINE_BACKEND if inline_figures else None):
+            pm.execute_notebook(
+                str(notebook),
+                str(paths["partial"]),
+                parameters=injected,
+                kernel_name=kernel,
+                progress_bar=False,
+                log_output=log_output,
+                cwd=str(notebook.resolve().parent),
+                start_timeout=start_timeout,
+                execution_timeout=timeout,
+            )
     except BaseException as exc:
         seconds = time.perf_counter() - t0
         failed = None
