@@ -51,3 +51,4 @@ def test_claim_table_is_one_holm_family():
     assert "Holm" in claims[0]["evidence"] and claims[0]["evidence"].endswith("[quick]")
     assert claims[2]["stats"] is None and "not run" in claims[2]["evidence"]
     assert "| first | T4 | holds | **not resolved** |" in table.markdown()
+    assert table.reversals() == []

@@ -160,3 +160,15 @@ def test_mean_ci_is_the_one_sample_t_interval():
     m, lo, hi = S.mean_ci(G1)
     ref = scipy_stats.ttest_1samp(G1, 0.0).confidence_interval(0.95)
     assert (lo, hi) == pytest.approx((ref.low, ref.high), rel=1e-12) and m == pytest.approx(0.75)
+
+
+def test_all_of_is_an_intersection_union_test():
+    strong = S.paired([1.0, 1.1, 0.9, 1.0], [2.0, 2.1, 2.0, 1.9], S.lower())
+    weak = S.paired([1.0, 1.5, 0.6, 1.2], [1.3, 1.4, 1.2, 1.5], S.lower())
+    both = S.all_of([strong, weak])
+    assert both.p_in == max(strong.p_in, weak.p_in) and both.estimate == weak.estimate
+    assert both.verdict == (S.HOLDS if weak.verdict == S.HOLDS else S.UNRESOLVED)
+    worse = S.paired([3.0, 3.1, 2.9, 3.0], [1.0, 1.1, 1.0, 0.9], S.lower())
+    assert S.all_of([strong, worse]).verdict == S.FAILS
+    assert S.all_of([strong, worse]).p_out == pytest.approx(min(1.0, 2 * worse.p_out))
+    assert S.all_of([strong, S.paired([1.0, 2.0], [2.0, 3.0], S.lower())]).verdict == S.TOO_FEW

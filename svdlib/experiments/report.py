@@ -123,11 +123,18 @@ class ClaimTable:
                         "stats": None if c is None else c.as_dict()})
         return out
 
+    def reversals(self) -> list[dict]:
+        """Claims our run decides against the paper: the paper's claim holds and ours does not, or
+        the other way round. Each must be named and discussed where it appears."""
+        return [c for c in self.claims() if (c["paper_holds"] is True and c["verdict"] == stats.FAILS)
+                or (c["paper_holds"] is False and c["verdict"] == stats.HOLDS)]
+
     def markdown(self) -> str:
         """The "What we showed" table as markdown: claim | paper | verdict | evidence."""
         lines = [f"| claim | source | paper | ours ({self.profile}) | evidence |", "|---|---|---|---|---|"]
         for c in self.claims():
-            paper = c["paper_value"] or {True: "holds", False: "does not hold", None: "-"}[c["paper_holds"]]
+            paper = {True: "holds", False: "does not hold", None: "not in the paper"}[c["paper_holds"]]
+            paper += f" ({c['paper_value']})" if c["paper_value"] else ""
             cells = [c["claim"], c["source"], paper, f"**{c['verdict']}**", c["evidence"]]
             lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |")
         return "\n".join(lines)
@@ -138,9 +145,12 @@ class ClaimTable:
             from IPython import get_ipython
             from IPython.display import Markdown, display
         except ImportError:  # pragma: no cover - IPython comes with the notebooks extra
-            print(self.markdown())
-            return
-        if get_ipython() is None:
+            get_ipython = None
+        if get_ipython is None or get_ipython() is None:
             print(self.markdown())
         else:
             display(Markdown(self.markdown()))
+        turned = self.reversals()
+        print(f"Reversals against the paper in this run: {len(turned)}"
+              + "".join(f"\n  - {c['claim']} (paper: {c['paper_value'] or c['paper_holds']}; ours: {c['verdict']})"
+                        for c in turned))

@@ -77,6 +77,7 @@ __all__ = [
     "rate",
     "two_rates",
     "measured",
+    "all_of",
     "holm",
     "ours_holds",
     "verdict_of",
@@ -477,6 +478,25 @@ def measured(value: float, region: Region, *, unit: str = "", note: str = "") ->
     inside = region.contains(value)
     return Comparison("measured", value, (value, value), (), region, 0.0 if inside else 1.0,
                       1.0 if inside else 0.0, unit=unit, note=note)
+
+
+def all_of(comparisons: Sequence[Comparison]) -> Comparison:
+    """A claim made of several that must all hold ("A is the best of all treatments").
+
+    An intersection-union test: it holds when every part holds at the level (p = the largest
+    p_in; no adjustment is needed), and does not hold when some part does not (p = Bonferroni
+    over the parts' p_out). Its effect and interval are those of the weakest part (largest p_in).
+    """
+    parts = list(comparisons)
+    if not parts or any(c is None for c in parts):
+        raise ValueError("all_of needs at least one comparison and no None")
+    weakest = max(parts, key=lambda c: c.p_in)
+    fewest = min(min(c.n) if c.n else math.inf for c in parts)
+    n = weakest.n if fewest == (min(weakest.n) if weakest.n else math.inf) else (int(fewest),)
+    return Comparison(f"all of {len(parts)} ({weakest.test})", weakest.estimate, weakest.ci, n, weakest.region,
+                      max(c.p_in for c in parts), min(1.0, len(parts) * min(c.p_out for c in parts)),
+                      means=weakest.means, unit=weakest.unit, min_n=weakest.min_n, alpha=weakest.alpha,
+                      note=f"weakest of {len(parts)} comparisons shown")
 
 
 # ----------------------------------------------------------------------------- Holm
