@@ -98,7 +98,8 @@ def _pooled_covariances(model, x):
     finally:
         hook.remove()
     feats = captured["x"]
-    return feats, model.pool.layer.covariance(feats).double()
+    with torch.no_grad():
+        return feats, model.pool.layer.covariance(feats).double()
 
 
 def gcp_against_scipy(summary: dict, images: int = 16) -> dict:
