@@ -22,7 +22,7 @@ import os
 import warnings
 
 __all__ = ["load_trained", "zca_against_numpy", "gcp_against_scipy", "inv_sqrt_gradients",
-           "running_vs_batch_statistics"]
+           "running_vs_batch_statistics", "stem_covariance"]
 
 
 def load_trained(summary: dict):
@@ -211,3 +211,18 @@ def running_vs_batch_statistics(summary: dict, images: int = 256) -> dict:
             model.meta_layer.train(mode == "batch")
             acc[mode] = float((model(x).argmax(1) == y).double().mean()) * 100
     return acc
+
+
+def stem_covariance(summary: dict):
+    """(config, covariance of the first whitening group) of a trained decorrelated-BN run's stem
+    on its first training batch, float64, before eps*I: the matrix the layer whitens."""
+    import torch
+
+    import svdlib
+
+    cfg, model, train_ds, _ = load_trained(summary)
+    x, _ = _first_batch(train_ds, cfg.batch_size)
+    with torch.no_grad():
+        feats = model.stem_conv(x).double()
+    X = feats.transpose(0, 1).reshape(feats.shape[1], -1)[:cfg.group_size]
+    return cfg, svdlib.covariance(X)

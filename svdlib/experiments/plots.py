@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["save", "dot_intervals", "mark_steps", "success_heatmap", "smooth", "smoothed_lines",
-           "with_infinity"]
+           "with_infinity", "plain_log_axis"]
 
 
 def save(fig, results_dir: str | os.PathLike, name: str, dpi: int = 110) -> Path | None:
@@ -153,3 +153,16 @@ def with_infinity(ax, x: Sequence[float], y: Sequence[float], *, color="C0", lab
     ax.text(0.01, ceiling, "κ = ∞ (singular)", transform=ax.get_yaxis_transform(), va="center", fontsize=7,
             color="0.3")
     return ceiling
+
+
+def plain_log_axis(ax, axis: str = "x", ticks: Sequence[float] | None = None) -> None:
+    """Log scale on ``axis`` labelled with plain numbers (4, 16, 64), no minor-tick labels."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    if ticks is not None:
+        (ax.set_xticks if axis == "x" else ax.set_yticks)(list(ticks), [f"{t:g}" for t in ticks])
+    else:
+        target.set_major_formatter(ScalarFormatter())
+    target.set_minor_formatter(NullFormatter())
