@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["save", "dot_intervals", "mark_steps", "success_heatmap", "smooth", "smoothed_lines",
-           "with_infinity", "plain_log_axis"]
+           "with_infinity", "plain_log_axis", "show_image"]
 
 
 def save(fig, results_dir: str | os.PathLike, name: str, dpi: int = 110) -> Path | None:
@@ -166,3 +166,11 @@ def plain_log_axis(ax, axis: str = "x", ticks: Sequence[float] | None = None) ->
     else:
         target.set_major_formatter(ScalarFormatter())
     target.set_minor_formatter(NullFormatter())
+
+
+def show_image(ax, img, title: str = "") -> None:
+    """An RGB image tensor (3, H, W) in [0, 1] on ``ax``, without ticks."""
+    ax.imshow(img.detach().float().permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])

@@ -84,7 +84,11 @@ class Study:
             self.runs = Path(self._tmp.name)
         if results_dir:
             os.makedirs(results_dir, exist_ok=True)
-        self.configs = repository_configs()
+
+    @property
+    def configs(self) -> Path:
+        """``configs/`` of the checkout (looked up when first needed)."""
+        return repository_configs()
 
     def load(self, name: str, changes: Mapping | None = None):
         """``configs/<name>.yaml`` at this profile with ``changes`` applied."""
