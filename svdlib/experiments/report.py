@@ -134,7 +134,7 @@ class ClaimTable:
         lines = [f"| claim | source | paper | ours ({self.profile}) | evidence |", "|---|---|---|---|---|"]
         for c in self.claims():
             paper = {True: "holds", False: "does not hold", None: "not in the paper"}[c["paper_holds"]]
-            paper += f" ({c['paper_value']})" if c["paper_value"] else ""
+            paper += f": {c['paper_value']}" if c["paper_value"] else ""
             cells = [c["claim"], c["source"], paper, f"**{c['verdict']}**", c["evidence"]]
             lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |")
         return "\n".join(lines)

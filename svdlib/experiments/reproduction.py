@@ -21,7 +21,8 @@ from .atomic import write_csv, write_json
 from .report import PROFILES, ClaimTable, write_report
 from .timing import Stopwatch
 
-__all__ = ["Study", "repository_configs", "overrides", "seed_sweep", "outcomes", "aligned", "finished",
+__all__ = ["Study", "repository_configs", "overrides", "seed_sweep", "outcomes", "by_point", "aligned", "finished",
+           "epoch_values",
            "mean_sd", "geomean", "step_values", "curve", "lr_decay_steps", "dataset_sizes",
            "describe_data"]
 
@@ -160,6 +161,11 @@ def outcomes(summaries: Iterable[dict], key, where: Mapping | None = None) -> di
     return out
 
 
+def by_point(summaries: Iterable[dict]) -> dict[tuple, dict]:
+    """``{sweep point: summary}`` of the finished runs (the keys of :func:`outcomes`)."""
+    return {_point(s): s for s in finished(summaries)}
+
+
 def aligned(a: Mapping[tuple, float], b: Mapping[tuple, float]) -> tuple[list[float], list[float]]:
     """Values of ``a`` and ``b`` at the sweep points both have, in one order: the pairs."""
     keys = sorted(set(a) & set(b))
@@ -192,6 +198,13 @@ def step_values(summary: dict, key: str) -> tuple[list[int], list[float]]:
             steps.append(rec["step"])
             values.append(float(v[0] if isinstance(v, list) else v))
     return steps, values
+
+
+def epoch_values(summary: dict, key: str) -> list[float]:
+    """``key`` of every epoch line of one run, in order (missing values as NaN)."""
+    from .metrics import read_metrics
+
+    return [math.nan if rec.get(key) is None else float(rec[key]) for rec in read_metrics(summary["run_dir"], "epoch")]
 
 
 def curve(summaries: Iterable[dict], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
