@@ -99,3 +99,13 @@ def test_figure_helpers_draw_what_they_say(tmp_path):
     plt.close(fig)
     with pytest.raises(ValueError, match="one entry per row"):
         plots.dot_intervals(axes[0], ["a"], [1.0, 2.0])
+
+
+def test_ratio_interval_is_the_exponentiated_log_interval():
+    t = timing.Timings({"a": {"f": [2.0, 2.2, 1.8]}, "b": {"f": [1.0, 1.0, 1.0]}}, {"a": 0, "b": 0})
+    r = t.ratio_interval("a", "b", "f")
+    assert r["median_ratio"] == pytest.approx(2.0) and r["per_repetition"] == pytest.approx([2.0, 2.2, 1.8])
+    logs = [math.log(v) for v in (2.0, 2.2, 1.8)]
+    _, lo, hi = stats.mean_ci(logs)
+    assert (r["low"], r["high"]) == pytest.approx((math.exp(lo), math.exp(hi)))
+    assert r["ratio"] == pytest.approx(math.exp(sum(logs) / 3))

@@ -67,7 +67,7 @@ def dot_intervals(ax, labels: Sequence[str], estimates: Sequence[float], lows: S
     if reference is not None:
         ax.axvline(reference, color="0.3", ls="--", lw=0.9)
     if log:
-        ax.set_xscale("log")
+        plain_log_axis(ax, "x")
     ax.set_yticks(range(n), labels)
     ax.set_ylim(n - 0.5, -0.5)
     ax.grid(axis="x", alpha=0.3)

@@ -106,6 +106,18 @@ class Timings:
         return stats.Comparison(c.test, c.estimate, c.ci, c.n, c.region, c.p_in, c.p_out, means=c.means,
                                 unit=c.unit, min_n=c.min_n, alpha=c.alpha, note=note)
 
+    def ratio_interval(self, a: Hashable, b: Hashable, phase: str) -> dict:
+        """``{"median_ratio", "ratio", "low", "high", "per_repetition"}``: the ratio of medians,
+        the geometric-mean ratio with its 95% interval (see :meth:`ratio`), and, for cases of
+        one round, the ratio of each repetition (the spread a figure shows)."""
+        c = self.ratio(a, b, phase, stats.lower())
+        lo, hi = c.ci
+        paired = c.test == "paired t"
+        return {"median_ratio": self.median(a, phase) / self.median(b, phase), "ratio": math.exp(c.estimate),
+                "low": math.exp(lo) if math.isfinite(lo) else math.nan,
+                "high": math.exp(hi) if math.isfinite(hi) else math.nan,
+                "per_repetition": [x / y for x, y in zip(self.values(a, phase), self.values(b, phase))] if paired else []}
+
     def update(self, other: "Timings") -> "Timings":
         """Add another round's cases (keys must not repeat)."""
         clash = set(self.samples) & set(other.samples)
