@@ -228,3 +228,20 @@ def test_resolve_results_root(tmp_path):
     with pytest.raises(ValueError, match="results_root"):
         S.resolve_results_root("", nb_dir)
     assert S.summarize_results(tmp_path / "nowhere").reports == []
+
+
+def test_verdict_changes_match_claims_by_notebook_and_text():
+    def report(profile, verdicts):
+        claims = [{"claim": f"c{i}", "source": "ECCV22 Table 4", "paper_holds": True, "ours_holds": None,
+                   "evidence": SYNTHETIC, "verdict": v} for i, v in enumerate(verdicts)]
+        return {"notebook": "10_x", "profile": profile, "scale": SYNTHETIC, "rows": [], "claims": claims}
+
+    quick = S.summarize([report("quick", ["too few runs", "not resolved"])])
+    long = S.summarize([report("long", ["not resolved", "not resolved", "too few runs"])])
+    rows = S.verdict_changes(long, quick)
+    assert [(r["claim"], r["other"], r["this"], r["changed"]) for r in rows] == [
+        ("c0", "too few runs", "not resolved", True), ("c1", "not resolved", "not resolved", False),
+        ("c2", None, "too few runs", False)]
+    md = S.changes_markdown(rows, "long", "quick")
+    assert "3 claims in both runs" not in md and "2 claims in both runs; 1 changed verdict" in md
+    assert "| 10_x | c0 | holds | too few runs | **not resolved** |" in md

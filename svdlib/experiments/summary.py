@@ -58,6 +58,8 @@ __all__ = [
     "table_markdown",
     "summary_markdown",
     "plot_table",
+    "verdict_changes",
+    "changes_markdown",
     "write_summary",
     "write_results_readme",
 ]
@@ -556,6 +558,43 @@ def summary_markdown(summary: Summary, figures: dict[str, str] | None = None) ->
     return "\n".join(out).rstrip() + "\n"
 
 
+def verdict_changes(summary: Summary, other: Summary) -> list[dict]:
+    """Claim by claim, this summary's verdict beside ``other``'s (e.g. a ``long`` run beside ``quick``).
+
+    Claims are matched on (notebook, claim text). Returns rows ``{"notebook", "claim", "source",
+    "paper_holds", "this", "other", "changed", "this_evidence", "other_evidence"}`` in this
+    summary's order, then the claims only ``other`` has (``this`` None).
+    """
+    theirs = {(c["notebook"], c["claim"]): c for c in other.claims}
+    rows, seen = [], set()
+    for c in summary.claims:
+        key = (c["notebook"], c["claim"])
+        o = theirs.get(key)
+        seen.add(key)
+        rows.append({"notebook": c["notebook"], "claim": c["claim"], "source": c["source"],
+                     "paper_holds": c["paper_holds"], "this": c["verdict"], "other": o["verdict"] if o else None,
+                     "changed": o is not None and o["verdict"] != c["verdict"],
+                     "this_evidence": c["evidence"], "other_evidence": o["evidence"] if o else None})
+    for key, o in theirs.items():
+        if key not in seen:
+            rows.append({"notebook": o["notebook"], "claim": o["claim"], "source": o["source"],
+                         "paper_holds": o["paper_holds"], "this": None, "other": o["verdict"], "changed": False,
+                         "this_evidence": None, "other_evidence": o["evidence"]})
+    return rows
+
+
+def changes_markdown(rows: list[dict], this: str, other: str) -> str:
+    """The rows of :func:`verdict_changes` as a markdown section (changed verdicts in bold)."""
+    changed = sum(r["changed"] for r in rows)
+    both = sum(r["this"] is not None and r["other"] is not None for r in rows)
+    out = [f"## Verdicts: {this} beside {other}", "",
+           f"{both} claims in both runs; {changed} changed verdict. Claims in only one run show a dash.", ""]
+    body = [[r["notebook"], r["claim"], _paper_word(r["paper_holds"]), r["other"] or "—",
+             f"**{r['this']}**" if r["changed"] else (r["this"] or "—")] for r in rows]
+    out += [_md_table(["notebook", "claim", "paper", other, this], body), ""]
+    return "\n".join(out)
+
+
 # ----------------------------------------------------------------------------- figures
 def _pyplot():
     try:
@@ -657,17 +696,24 @@ def plot_table(ts: TableSummary):
 
 # ----------------------------------------------------------------------------- writing
 def write_summary(summary: Summary, results_root: str | os.PathLike,
-                  figures: dict[str, str | os.PathLike] | None = None) -> dict[str, Path]:
+                  figures: dict[str, str | os.PathLike] | None = None,
+                  compare: tuple[str, str, Summary] | None = None) -> dict[str, Path]:
     """Write ``SUMMARY.md``, ``summary_rows.csv`` and ``summary_claims.csv`` into ``results_root``.
 
     ``figures`` (table name -> PNG path) are linked from SUMMARY.md relative to the root.
+    ``compare`` = (this run's label, the other's label, the other :class:`Summary`) appends the
+    claim-by-claim verdicts of both (:func:`verdict_changes`) to SUMMARY.md.
     Returns the paths written, keyed ``"markdown"``, ``"rows"``, ``"claims"``.
     """
     root = Path(results_root)
     root.mkdir(parents=True, exist_ok=True)
     links = {k: Path(os.path.relpath(Path(v).resolve(), root.resolve())).as_posix() for k, v in (figures or {}).items()}
     md = root / "SUMMARY.md"
-    write_atomic(md, summary_markdown(summary, links))
+    text = summary_markdown(summary, links)
+    if compare is not None:
+        this, other, other_summary = compare
+        text += "\n" + changes_markdown(verdict_changes(summary, other_summary), this, other)
+    write_atomic(md, text)
     return {"markdown": md,
             "rows": write_csv(root / "summary_rows.csv", ({k: r.get(k) for k in ROW_COLUMNS} for r in summary.rows),
                               ROW_COLUMNS),
