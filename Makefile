@@ -5,11 +5,13 @@
 #
 # Variables (override on the command line, e.g. `make reproduce PROFILE=paper DATA=~/data`):
 #   PYTHON   interpreter used to create .venv              (default: python3)
-#   PROFILE  `profile` of the notebooks that declare it: quick (CPU minutes) or paper (default: quick)
+#   PROFILE  `profile` of the notebooks that declare it: quick (CPU minutes), long (the papers'
+#            replicate counts, CPU) or paper (the papers' protocol, GPU)   (default: quick)
 #   DATA     passed as parameter `data_root` to notebooks that declare it (default: unset)
 #   ONLY     notebook numbers or names to run, e.g. ONLY="00 03"   (default: all)
 #   RESULTS  where executed notebooks, figures and tables go      (default: results)
 #   FORCE    non-empty: re-run notebooks that already finished     (default: unset)
+#   JOBS     notebooks executed at the same time                   (default: 2)
 #   EXTRAS   extras installed into .venv                           (default: notebooks,test)
 #   PYTEST_ARGS  extra arguments for pytest, e.g. PYTEST_ARGS="-x -k sqrtm"
 
@@ -21,6 +23,7 @@ DATA ?=
 ONLY ?=
 RESULTS ?= results
 FORCE ?=
+JOBS ?= 2
 PYTEST_ARGS ?=
 
 # nbval re-executes the teaching notebooks (00-09) and compares their checked cells; the
@@ -34,7 +37,9 @@ comma := ,
 # pyproject.toml, so editing dependencies reinstalls. Nothing else does.
 STAMP := $(VENV)/.svdlib-installed-$(subst $(comma),-,$(EXTRAS))
 
-# Tests and notebooks must not draw progress bars or open windows.
+# Tests and notebooks must not draw progress bars or open windows. (The notebook runner gives
+# the kernels of `make reproduce` matplotlib's inline backend, which needs no display, so the
+# executed notebooks carry their figures.)
 export TQDM_DISABLE := 1
 export MPLBACKEND := Agg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -42,7 +47,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: help install test reproduce lint clean distclean
 
 help:
-	@sed -n '1,16p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,18p' Makefile | sed 's/^# \{0,1\}//'
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "svdlib needs Python >= 3.10; $(PYTHON) is " + sys.version.split()[0] + ". Run: make PYTHON=python3.11 ...")'
@@ -61,7 +66,7 @@ test: $(STAMP)
 	$(PY) -m pytest tests $(NBVAL_NOTEBOOKS) --nbval-lax --nbval-current-env $(PYTEST_ARGS)
 
 reproduce: $(STAMP)
-	$(PY) -m svdlib.experiments.notebook --results '$(RESULTS)' --profile '$(PROFILE)' \
+	$(PY) -m svdlib.experiments.notebook --results '$(RESULTS)' --profile '$(PROFILE)' --jobs $(JOBS) \
 		$(if $(DATA),--data-root '$(DATA)') $(if $(ONLY),--only $(ONLY)) $(if $(FORCE),--force)
 
 # Optional: ruff is not part of any extra; installed into .venv on first use.

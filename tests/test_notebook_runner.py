@@ -206,3 +206,23 @@ def test_executed_notebooks_carry_their_figures_while_the_caller_is_headless(tmp
     assert os.environ["MPLBACKEND"] == "Agg"  # restored for the caller
     headless = runner.run_notebook(nb, tmp_path / "agg", timeout=120, inline_figures=False)
     assert _images(headless.output) == [] and "agg" in _stdout(headless.output).lower()
+
+
+def test_jobs_run_notebooks_side_by_side_and_the_aggregator_last(tmp_path):
+    nbs = tmp_path / "nbs"
+    stamp = 'import time\nprint("start", time.time())\ntime.sleep(2)\nprint("end", time.time())'
+    for name in ("01_a", "02_b"):
+        _write_notebook(nbs / f"{name}.ipynb", 'results_dir: str = ""  # out', [stamp])
+    _write_notebook(nbs / "03_sum.ipynb", 'results_root: str = ""  # the suite\nresults_dir: str = ""  # out',
+                    ['import time, os\nprint("start", time.time(), sorted(os.listdir(results_root)))'])
+    runs = runner.run_suite(nbs, tmp_path / "results", jobs=2, log=lambda msg: None)
+    assert [r.notebook.stem for r in runs] == ["01_a", "02_b", "03_sum"] and all(r.status == "ok" for r in runs)
+
+    def times(stem):
+        return [float(line.split()[1]) for line in _stdout(tmp_path / "results" / f"{stem}.ipynb").splitlines()]
+
+    (a0, a1), (b0, b1) = times("01_a"), times("02_b")
+    assert max(a0, b0) < min(a1, b1)  # both kernels slept at the same time
+    assert times("03_sum")[0] > max(a1, b1)  # the aggregator started after both finished
+    with pytest.raises(ValueError, match="jobs"):
+        runner.run_suite(nbs, tmp_path / "results", jobs=0)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
 import contextlib
 import datetime as _dt
 import glob
@@ -35,6 +36,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 import tokenize
 import warnings
@@ -317,22 +319,34 @@ def _versions() -> dict[str, str]:
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
+_ENV_LOCK = threading.Lock()
+_ENV_USERS: dict[tuple, list] = {}  # (name, value) -> [count, value before]
+
+
 @contextlib.contextmanager
 def _kernel_environment(**values: str | None):
-    """Set environment variables for the kernel papermill starts (it copies ``os.environ``);
-    None leaves a variable as it is. Restored afterwards."""
-    old = {k: os.environ.get(k) for k in values}
+    """Set environment variables for the kernels papermill starts (each copies ``os.environ``);
+    None leaves a variable as it is. Restored when the last concurrent user leaves (the suite
+    may run several notebooks at once, all asking for the same values)."""
+    wanted = [(k, v) for k, v in values.items() if v is not None]
+    with _ENV_LOCK:
+        for k, v in wanted:
+            entry = _ENV_USERS.setdefault((k, v), [0, os.environ.get(k)])
+            entry[0] += 1
+            os.environ[k] = v
     try:
-        for k, v in values.items():
-            if v is not None:
-                os.environ[k] = v
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        with _ENV_LOCK:
+            for k, v in wanted:
+                entry = _ENV_USERS[(k, v)]
+                entry[0] -= 1
+                if entry[0] == 0:
+                    del _ENV_USERS[(k, v)]
+                    if entry[1] is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = entry[1]
 
 
 def _import_papermill():
@@ -578,6 +592,7 @@ def run_suite(
     timeout: float | None = 3600,
     keep_going: bool = False,
     log: Callable[[str], None] | None = None,
+    jobs: int = 1,
 ) -> list[NotebookRun]:
     """Run every notebook matching ``pattern`` in order, into ``results_root``.
 
@@ -604,12 +619,18 @@ def run_suite(
         Run the remaining notebooks after a failure, then raise the first failure.
     log : callable, optional
         Receives one progress line per event (default: print to stderr).
+    jobs : int
+        Notebooks executed at the same time, each in its own kernel (the notebooks that
+        aggregate the others' results run after all of them). 2 uses both cores of a 2-core
+        machine: the reproduction notebooks train on one thread each.
 
     Returns
     -------
     list of NotebookRun
     """
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     notebooks = find_notebooks(pattern, only)
     if not notebooks:
         raise ValueError(f"pattern: no notebook matches {pattern!r}")
@@ -627,6 +648,7 @@ def run_suite(
     if_declared = {"results_root": str(results_root), **(if_declared or {})}
     runs: list[NotebookRun] = []
     failures: list[NotebookExecutionError] = []
+    planned: list[tuple[Path, dict, bool]] = []  # (notebook, parameters, aggregator)
     for nb in notebooks:
         values = {k: v for k, v in (if_declared or {}).items() if k in declared[nb]}
         values.update({k: v for k, v in strict.items() if k in declared[nb]})
@@ -647,18 +669,47 @@ def run_suite(
                     "(--results, RESULTS=) or re-run with --force (FORCE=1)"
                 )
             say(f"[{nb.stem}] the notebook changed since its finished run: running again")
+        planned.append((nb, resolved, aggregator))
+
+    def execute(item) -> NotebookRun | NotebookExecutionError:
+        nb, resolved, _ = item
         shown = ", ".join(f"{k}={v!r}" for k, v in resolved.items())
         say(f"[{nb.stem}] running{f' ({shown})' if shown else ''} ...")
         try:
             run = run_notebook(nb, results_root, resolved, kernel=kernel, timeout=timeout, overwrite=True)
         except NotebookExecutionError as err:
             say(f"[{nb.stem}] FAILED\n{err}")
-            if not keep_going:
-                raise
-            failures.append(err)
-            continue
+            return err
         say(f"[{nb.stem}] ok in {run.seconds:.1f} s -> {run.output}")
-        runs.append(run)
+        return run
+
+    # Aggregators (16_summary) read the others' results: they run last, after every other one.
+    stages = [[p for p in planned if not p[2]], [p for p in planned if p[2]]]
+    for stage in stages:
+        if jobs > 1 and len(stage) > 1:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+                pending = [pool.submit(execute, item) for item in stage]
+                outcomes = []
+                for future in pending:  # in notebook order
+                    outcome = future.result()
+                    outcomes.append(outcome)
+                    if isinstance(outcome, NotebookExecutionError) and not keep_going:
+                        for other in pending:
+                            other.cancel()
+                        break
+        else:
+            outcomes = []
+            for item in stage:
+                outcomes.append(execute(item))
+                if isinstance(outcomes[-1], NotebookExecutionError) and not keep_going:
+                    break
+        for outcome in outcomes:
+            if isinstance(outcome, NotebookExecutionError):
+                if not keep_going:
+                    raise outcome
+                failures.append(outcome)
+            else:
+                runs.append(outcome)
     ran = sum(r.status == "ok" for r in runs)
     skipped = len(runs) - ran
     say(f"notebooks: {ran} ran, {skipped} skipped, {len(failures)} failed; results in {results_root}")
@@ -684,6 +735,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="value of `data_root` for notebooks that declare it")
     p.add_argument("--force", action="store_true", help="re-run notebooks that already finished")
     p.add_argument("--keep-going", action="store_true", help="go on after a failing notebook")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks run at the same time (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per cell (default: %(default)s)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel (default: %(default)s)")
     p.add_argument("--list", action="store_true", help="list the notebooks and their parameters, run nothing")
@@ -720,6 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             kernel=args.kernel,
             timeout=args.timeout,
             keep_going=args.keep_going,
+            jobs=args.jobs,
         )
     except NotebookExecutionError:
         return 1  # already reported by run_suite's log
