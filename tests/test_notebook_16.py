@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("papermill")
 pytest.importorskip("matplotlib")
 
+from _notebook_outputs import image_outputs  # noqa: E402
 from svdlib.experiments.notebook import run_notebook  # noqa: E402
 from svdlib.experiments.paper import paper_table  # noqa: E402
 from svdlib.experiments.report import write_report  # noqa: E402
@@ -116,6 +117,7 @@ def test_orderings_coverage_and_figures(synthetic):
     for name in data["figures"].values():
         assert (run.results_dir / name).stat().st_size > 5_000, name
     assert set(data["figures"]) >= {"decorrelated_bn", "zca_stability", "gcp", "ICCV21"}
+    assert image_outputs(run.output) == len(data["figures"])  # each table's figure, inline
 
 
 def test_summary_markdown_and_results_readme(synthetic):
