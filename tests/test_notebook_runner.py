@@ -208,15 +208,17 @@ def test_executed_notebooks_carry_their_figures_while_the_caller_is_headless(tmp
     assert _images(headless.output) == [] and "agg" in _stdout(headless.output).lower()
 
 
-def test_jobs_run_notebooks_side_by_side_and_the_aggregator_last(tmp_path):
+def test_jobs_run_notebooks_side_by_side_and_the_aggregator_last(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths: papermill moves the working directory while it runs
     nbs = tmp_path / "nbs"
     stamp = 'import time\nprint("start", time.time())\ntime.sleep(2)\nprint("end", time.time())'
     for name in ("01_a", "02_b"):
         _write_notebook(nbs / f"{name}.ipynb", 'results_dir: str = ""  # out', [stamp])
     _write_notebook(nbs / "03_sum.ipynb", 'results_root: str = ""  # the suite\nresults_dir: str = ""  # out',
                     ['import time, os\nprint("start", time.time(), sorted(os.listdir(results_root)))'])
-    runs = runner.run_suite(nbs, tmp_path / "results", jobs=2, log=lambda msg: None)
+    runs = runner.run_suite("nbs", "results", jobs=2, log=lambda msg: None)
     assert [r.notebook.stem for r in runs] == ["01_a", "02_b", "03_sum"] and all(r.status == "ok" for r in runs)
+    assert os.getcwd() == str(tmp_path)
 
     def times(stem):
         return [float(line.split()[1]) for line in _stdout(tmp_path / "results" / f"{stem}.ipynb").splitlines()]

@@ -466,7 +466,9 @@ def run_notebook(
     ValueError
         An undeclared parameter, an unconvertible value, no ``results_dir`` declared.
     """
-    notebook = Path(path).expanduser()
+    # absolute: papermill changes this process's working directory while a notebook runs, and
+    # the suite may run several at once
+    notebook = Path(path).expanduser().resolve()
     declared = notebook_parameters(notebook)
     values = _load_config(config)
     values.update(parameters or {})
@@ -631,7 +633,7 @@ def run_suite(
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
-    notebooks = find_notebooks(pattern, only)
+    notebooks = [nb.resolve() for nb in find_notebooks(pattern, only)]  # absolute: see run_notebook
     if not notebooks:
         raise ValueError(f"pattern: no notebook matches {pattern!r}")
     strict = _load_config(config)
@@ -685,15 +687,29 @@ def run_suite(
 
     # Aggregators (16_summary) read the others' results: they run last, after every other one.
     stages = [[p for p in planned if not p[2]], [p for p in planned if p[2]]]
+    here = os.getcwd()  # papermill's per-run chdir is process-wide: concurrent runs can leave it moved
+    try:
+        _run_stages(stages, execute, jobs, keep_going, runs, failures)
+    finally:
+        os.chdir(here)
+    ran = sum(r.status == "ok" for r in runs)
+    skipped = len(runs) - ran
+    say(f"notebooks: {ran} ran, {skipped} skipped, {len(failures)} failed; results in {results_root}")
+    if failures:
+        raise failures[0]
+    return runs
+
+
+def _run_stages(stages, execute, jobs, keep_going, runs, failures) -> None:
+    """Run each stage's notebooks (``jobs`` at a time), appending to ``runs`` / ``failures``."""
     for stage in stages:
         if jobs > 1 and len(stage) > 1:
             with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
                 pending = [pool.submit(execute, item) for item in stage]
                 outcomes = []
                 for future in pending:  # in notebook order
-                    outcome = future.result()
-                    outcomes.append(outcome)
-                    if isinstance(outcome, NotebookExecutionError) and not keep_going:
+                    outcomes.append(future.result())
+                    if isinstance(outcomes[-1], NotebookExecutionError) and not keep_going:
                         for other in pending:
                             other.cancel()
                         break
@@ -710,12 +726,6 @@ def run_suite(
                 failures.append(outcome)
             else:
                 runs.append(outcome)
-    ran = sum(r.status == "ok" for r in runs)
-    skipped = len(runs) - ran
-    say(f"notebooks: {ran} ran, {skipped} skipped, {len(failures)} failed; results in {results_root}")
-    if failures:
-        raise failures[0]
-    return runs
 
 
 # ----------------------------------------------------------------------------- CLI
