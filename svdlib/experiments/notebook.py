@@ -630,7 +630,12 @@ def run_suite(
     -------
     list of NotebookRun
     """
-    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    lock = threading.Lock()  # one line at a time when notebooks run side by side
+
+    def say(msg: str) -> None:
+        with lock:
+            (log or (lambda m: print(m, file=sys.stderr, flush=True)))(msg)
+
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     notebooks = [nb.resolve() for nb in find_notebooks(pattern, only)]  # absolute: see run_notebook
