@@ -109,14 +109,15 @@ def success_heatmap(ax, methods: Sequence[str], columns: Sequence, successes, tr
 
 
 def smooth(values: Sequence[float], window: int) -> list[float]:
-    """Centred moving average over ``window`` points, skipping non-finite values (NaN where none)."""
+    """Centred moving average over ``window`` points of the finite values; NaN where the value
+    itself is not finite (a gap, e.g. a skipped step, stays a gap)."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
     half = window // 2
     out = []
     for i in range(len(values)):
         part = [v for v in values[max(0, i - half): i + half + 1] if _finite(v)]
-        out.append(sum(part) / len(part) if part else math.nan)
+        out.append(sum(part) / len(part) if part and _finite(values[i]) else math.nan)
     return out
 
 
