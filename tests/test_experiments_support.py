@@ -110,3 +110,17 @@ def test_ratio_interval_is_the_exponentiated_log_interval():
     _, lo, hi = stats.mean_ci(logs)
     assert (r["low"], r["high"]) == pytest.approx((math.exp(lo), math.exp(hi)))
     assert r["ratio"] == pytest.approx(math.exp(sum(logs) / 3))
+
+
+def test_outcomes_keep_infinite_kappa_only_when_asked():
+    from svdlib.experiments import reproduction as rp
+
+    runs = [{"diverged": False, "sweep_point": {"seed": s}, "cond_median": v}
+            for s, v in enumerate((10.0, math.inf, 1000.0))] + [{"diverged": True, "sweep_point": {"seed": 3},
+                                                                  "cond_median": 5.0}]
+    assert list(rp.outcomes(runs, "cond_median").values()) == [10.0, 1000.0]
+    assert rp.geomean(rp.outcomes(runs, "cond_median").values()) == pytest.approx(100.0)
+    assert rp.geomean(rp.outcomes(runs, "cond_median", keep_infinite=True).values()) == math.inf
+    assert math.isnan(rp.geomean([]))
+    x, y = rp.aligned({(("seed", 0),): 1.0, (("seed", 1),): 2.0}, {(("seed", 1),): 5.0})
+    assert (x, y) == ([2.0], [5.0])

@@ -145,18 +145,22 @@ def _point(summary: dict) -> tuple:
     return tuple(sorted(point.items()))
 
 
-def outcomes(summaries: Iterable[dict], key, where: Mapping | None = None) -> dict[tuple, float]:
+def outcomes(summaries: Iterable[dict], key, where: Mapping | None = None,
+             keep_infinite: bool = False) -> dict[tuple, float]:
     """``{sweep point: value}`` of the finished runs whose value is a finite number.
 
     ``key`` is a summary field (``"final_test_error"``) or a function of the summary. ``where``
     keeps the runs whose sweep point has these values (``{"group_size": 16}``).
+    ``keep_infinite`` keeps +inf values too (a condition number of a singular covariance); the
+    statistics need finite values, a printout does not.
     """
     out = {}
     for s in finished(summaries):
         if where and any(s.get("sweep_point", {}).get(k) != v for k, v in where.items()):
             continue
         v = key(s) if callable(key) else s.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and (
+                math.isfinite(v) or (keep_infinite and v == math.inf)):
             out[_point(s)] = float(v)
     return out
 
@@ -181,8 +185,11 @@ def mean_sd(values: Iterable[float]) -> tuple[float, float, int]:
 
 
 def geomean(values: Iterable[float]) -> float:
-    """Geometric mean of the finite positive values (NaN if none)."""
-    v = [math.log(x) for x in values if isinstance(x, (int, float)) and math.isfinite(x) and x > 0]
+    """Geometric mean of the positive values: inf if one is +inf, NaN if there is none."""
+    values = [x for x in values if isinstance(x, (int, float)) and x > 0]
+    if any(x == math.inf for x in values):
+        return math.inf
+    v = [math.log(x) for x in values if math.isfinite(x)]
     return math.exp(statistics.fmean(v)) if v else math.nan
 
 
