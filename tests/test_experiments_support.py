@@ -90,7 +90,9 @@ def test_figure_helpers_draw_what_they_say(tmp_path):
     image = plots.success_heatmap(axes[1], ["SVD", "Taylor"], [4, 64], [[3, 0], [3, 3]], [[3, 3], [3, 3]])
     assert sorted(t.get_text() for t in axes[1].texts) == ["0/3", "3/3", "3/3", "3/3"]
     assert image.get_array()[0, 1] == 0.0
-    ceiling = plots.with_infinity(axes[2], [0, 1, 2], [10.0, math.inf, 1000.0])
+    ceiling = plots.with_infinity(axes[2], [0, 1, 2], [10.0, math.inf, 1000.0], label="a")
+    plots.with_infinity(axes[2], [0, 1], [math.inf, math.inf], label="b")
+    assert [h.get_label() for h in axes[2].get_legend_handles_labels()[0]] == ["a", "b"]  # one entry each
     assert ceiling == 1e5 and any("∞" in t.get_text() for t in axes[2].texts)
     plots.mark_steps(axes[3], [10, 20])
     plots.smoothed_lines(axes[3], {"loss": [3.0, 2.0, 2.5, 1.0]}, 3)

@@ -141,7 +141,8 @@ def with_infinity(ax, x: Sequence[float], y: Sequence[float], *, color="C0", lab
     xs, ys = list(x), [float(v) for v in y]
     finite = [v for v in ys if math.isfinite(v) and v > 0]
     infinite = [i for i, v in enumerate(ys) if math.isinf(v) and v > 0]
-    ax.plot([xi for xi, v in zip(xs, ys) if math.isfinite(v) and v > 0], finite, color=color, label=label, **style)
+    ax.plot([xi for xi, v in zip(xs, ys) if math.isfinite(v) and v > 0], finite, color=color,
+            label=label if finite else None, **style)
     ax.set_yscale("log")
     if not infinite:
         return None
