@@ -8,10 +8,11 @@ switched on by the environment, so the same tests and notebooks run unchanged
 (``make test-perturbed``, see the README's "Numerical environments"):
 
 ``SVDLIB_PERTURB=similarity[:SEED]``
-    Every solver call decomposes Q^T A Q for a fixed random orthogonal Q (one per size, dtype
-    and seed) and returns Q V: mathematically the same eigenpairs, but the rounding differs at
-    the level of the dtype's epsilon and, inside a cluster of (near-)equal eigenvalues, the
-    basis is a different, arbitrary one -- which is exactly what another LAPACK build does.
+    Every solver call decomposes Q^T A Q for a fixed random orthogonal Q (one per size and
+    seed) and returns Q V: mathematically the same eigenpairs, but the rounding differs at the
+    level of the dtype's epsilon and, inside a cluster of (near-)equal eigenvalues, the basis is
+    a different, arbitrary one -- which is what another LAPACK build does. Diagonal matrices are
+    not rotated (see :func:`similarity_solver`).
 ``SVDLIB_PERTURB=numpy``
     The ``"torch"`` solver is replaced by ``numpy.linalg.eigh`` (numpy's own LAPACK, OpenBLAS
     in the PyPI wheels) instead of torch's (MKL in the x86-64 wheels).
@@ -48,17 +49,50 @@ def _traced(A: torch.Tensor) -> bool:
     return is_traced(A)
 
 
+def _shuffle_exact_ties(lam: torch.Tensor, U: torch.Tensor, seed: int) -> torch.Tensor:
+    """Permute and flip the signs of the eigenvectors inside every group of exactly equal
+    eigenvalues (a signed permutation: the freedom a solver really has on a diagonal matrix)."""
+    n = lam.shape[-1]
+    flat_lam, flat_U = lam.reshape(-1, n), U.reshape(-1, n, n).clone()
+    for b in range(flat_lam.shape[0]):
+        start = 0
+        while start < n:
+            stop = start + 1
+            while stop < n and flat_lam[b, stop] == flat_lam[b, start]:
+                stop += 1
+            if stop - start > 1:
+                rng = np.random.default_rng(seed + 31 * start + stop)
+                k = stop - start
+                R = np.eye(k)[rng.permutation(k)] * rng.choice([-1.0, 1.0], size=k)
+                R = torch.from_numpy(R).to(U.dtype)
+                flat_U[b, :, start:stop] = flat_U[b, :, start:stop] @ R
+            start = stop
+    return flat_U.reshape(U.shape)
+
+
 def similarity_solver(solver, seed: int = 0):
-    """Wrap ``solver`` (A -> (lam, U, ok)) so it decomposes Q^T A Q and returns (lam, Q V, ok)."""
+    """Wrap ``solver`` (A -> (lam, U, ok)) so it decomposes Q^T A Q and returns (lam, Q V, ok).
+
+    Diagonal matrices are left unrotated: every LAPACK returns their eigenvalues exactly and
+    their eigenvectors as signed coordinate axes, so a test may rely on exact ties there; only
+    the order and signs inside their tied eigenvalues are shuffled.
+    """
 
     @functools.wraps(solver)
     def perturbed(A: torch.Tensor, *args, **kwargs):
         if _traced(A) or A.shape[-1] < 2:
             return solver(A, *args, **kwargs)
-        Q = torch.from_numpy(_orthogonal(A.shape[-1], seed)).to(dtype=A.dtype, device=A.device)
+        n = A.shape[-1]
+        eye = torch.eye(n, dtype=A.dtype, device=A.device)
+        diagonal = ((A * (1 - eye)) == 0).all(-1).all(-1)[..., None, None]
+        Q = torch.from_numpy(_orthogonal(n, seed)).to(dtype=A.dtype, device=A.device)
+        Q = torch.where(diagonal, eye, Q)
         B = Q.transpose(-1, -2) @ A @ Q
         lam, V, *rest = solver(0.5 * (B + B.transpose(-1, -2)), *args, **kwargs)
-        return (lam, Q @ V, *rest)
+        U = Q @ V
+        if bool(diagonal.any()):
+            U = torch.where(diagonal, _shuffle_exact_ties(lam, U, seed), U)
+        return (lam, U, *rest)
 
     return perturbed
 

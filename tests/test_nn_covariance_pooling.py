@@ -128,9 +128,16 @@ def _relative_error(y: torch.Tensor, ref: np.ndarray) -> float:
 def test_covariance_dtype_float64_matches_a_float64_reference(reduced_dim):
     """float32 input, covariance (and root) in float64 after the reduction: equal to the float64
     scipy reference of the float32 reduced features to 1e-6 relative, output back in float32.
-    The default (all float32) misses that on this ill-conditioned covariance, so the check has
-    teeth."""
-    x = _ill_conditioned()
+    The default (all float32) misses that by far on this covariance (condition number ~1e8), so
+    the check has teeth.
+
+    Margins, measured under the perturbations of ``make test-perturbed`` and of the README's
+    "Numerical environments" (threads, ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, a random
+    orthogonal similarity, numpy's LAPACK): float64 path 1.9e-8 to 3.1e-8 (bound 1e-6), float32
+    path 2.2e-4 to 2.5e-4 (bound 1e-5). With condition number 1e6 the float32 error was 6e-6 to
+    2.7e-5 depending on the machine: asserting it exceeded 1e-5 was a bet on rounding (issue 13).
+    """
+    x = _ill_conditioned(smallest=1e-4)
     torch.manual_seed(0)
     wide = CovariancePooling(8, reduced_dim=reduced_dim, covariance_dtype=F64).eval()
     narrow = CovariancePooling(8, reduced_dim=reduced_dim).eval()
@@ -144,7 +151,7 @@ def test_covariance_dtype_float64_matches_a_float64_reference(reduced_dim):
     y = wide(x)
     assert y.dtype == torch.float32 and wide.covariance(x).dtype == F64
     assert _relative_error(y, ref) < 1e-6
-    assert _relative_error(narrow(x), ref) > 1e-5     # float32 covariance: ~1e-5 off
+    assert _relative_error(narrow(x), ref) > 1e-5     # float32 covariance: ~2e-4 off
     assert "covariance_dtype=torch.float64" in repr(wide)
 
 
