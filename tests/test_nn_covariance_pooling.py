@@ -127,9 +127,9 @@ def _relative_error(y: torch.Tensor, ref: np.ndarray) -> float:
 @pytest.mark.parametrize("reduced_dim", [None, 6])
 def test_covariance_dtype_float64_matches_a_float64_reference(reduced_dim):
     """float32 input, covariance (and root) in float64 after the reduction: equal to the float64
-    scipy reference of the float32 reduced features to 1e-6 relative, output back in float32.
-    The default (all float32) misses that on this ill-conditioned covariance, so the check has
-    teeth."""
+    scipy reference of the float32 reduced features to 1e-6 relative (measured 2.5e-8 here),
+    output back in float32. The default (all float32) misses that bound on this
+    ill-conditioned covariance, so the check has teeth."""
     x = _ill_conditioned()
     torch.manual_seed(0)
     wide = CovariancePooling(8, reduced_dim=reduced_dim, covariance_dtype=F64).eval()
@@ -144,7 +144,9 @@ def test_covariance_dtype_float64_matches_a_float64_reference(reduced_dim):
     y = wide(x)
     assert y.dtype == torch.float32 and wide.covariance(x).dtype == F64
     assert _relative_error(y, ref) < 1e-6
-    assert _relative_error(narrow(x), ref) > 1e-5     # float32 covariance: ~1e-5 off
+    # float32 covariance misses the 1e-6 bound: measured 9.9e-6 (no reduction) and 2.6e-5
+    # (reduction) here; the old bound 1e-5 sat within rounding of the first
+    assert _relative_error(narrow(x), ref) > 1e-6
     assert "covariance_dtype=torch.float64" in repr(wide)
 
 
