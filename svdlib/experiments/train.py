@@ -386,12 +386,25 @@ def run_sweep(config: str | os.PathLike | ExperimentConfig, out_dir: str | os.Pa
     keys = list(cfg.sweep)
     out = []
     for suffix, c in expand_sweep(cfg):
-        run_dir = os.path.join(os.fspath(out_dir), suffix) if suffix else os.fspath(out_dir)
+        run_dir = _sweep_run_dir(os.fspath(out_dir), suffix)
         summary = dict(train(c, run_dir, resume=resume and not overwrite, overwrite=overwrite))
         summary["run_dir"] = run_dir
         summary["sweep_point"] = {k: getattr(c, k) for k in keys}
         out.append(summary)
     return out
+
+
+def _sweep_run_dir(out_dir: str, suffix: str) -> str:
+    """``out_dir/suffix``, refused unless it resolves (symbolic links followed) to a folder
+    inside ``out_dir``: a run of a sweep never writes, or deletes with overwrite, elsewhere."""
+    if not suffix:
+        return out_dir
+    run_dir = os.path.join(out_dir, suffix)
+    root, target = os.path.realpath(out_dir), os.path.realpath(run_dir)
+    if os.path.dirname(target) != root:
+        raise ValueError(f"sweep run folder {run_dir} resolves to {target}, outside the output "
+                         f"folder {root}; remove that link or choose another output folder")
+    return run_dir
 
 
 def _run(cfg: ExperimentConfig, out_dir: str, resuming: bool, stop_after_epoch, info, device) -> dict:
