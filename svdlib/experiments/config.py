@@ -382,13 +382,32 @@ _SPECIAL = ("base", "profiles")
 def _read_yaml(path: str) -> dict:
     import yaml
 
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {path} is not UTF-8 text: {e}") from None
+    except yaml.constructor.ConstructorError as e:
+        raise ValueError(f"could not parse config file {path}: {e}; config files are read with "
+                         "yaml.safe_load, so tags such as !!python/... are not allowed") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"could not parse config file {path}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must contain a YAML mapping, got {type(data).__name__}")
     return data
+
+
+def _check_types(values: dict, where: str) -> None:
+    """Type-check each value of one section of a file where it is written, so a value that a
+    profile or a child file overrides is checked too; the message names ``where``."""
+    hints = _hints()
+    for name, value in values.items():
+        try:
+            _coerce(name, value, hints[name])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{e} ({where})") from None
 
 
 def _resolve_file(path: str, _seen: tuple = ()) -> tuple[dict, dict]:
@@ -416,12 +435,14 @@ def _resolve_file(path: str, _seen: tuple = ()) -> tuple[dict, dict]:
         _unknown_keys(section.keys(), f"{path} profiles.{pname}")
         if "profile" in section:
             raise ValueError(f"profiles.{pname} in {path} must not set 'profile'")
+        _check_types(section, f"profiles.{pname} of {path}")
         profiles = {**profiles, pname: {**profiles.get(pname, {}), **section}}
     fields = {k: v for k, v in data.items() if k not in _SPECIAL}
     _unknown_keys(fields.keys(), path)
     if "profile" in fields:
         raise ValueError(f"{path} must not set 'profile' at top level; it is chosen when loading "
                          f"(load_config(profile=...) or --profile)")
+    _check_types(fields, f"top level of {path}")
     top.update(fields)
     return top, profiles
 
