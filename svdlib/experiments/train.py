@@ -87,7 +87,13 @@ def _prepare_out_dir(cfg: ExperimentConfig, out_dir: str, resume: bool, overwrit
             raise FileExistsError(
                 f"{out_dir} holds a finished run (summary.json); pass resume=True (--resume) to "
                 f"reuse it or overwrite=True (--overwrite) to replace it")
-        summary = read_json(summary_path)
+        hint = "start the run again with overwrite=True (--overwrite)"
+        try:
+            summary = read_json(summary_path)
+        except ValueError as e:
+            raise ValueError(f"{e}; {hint}") from None
+        if not isinstance(summary, dict):
+            raise ValueError(f"{summary_path} is not a run summary (a JSON object); {hint}")
         _check_same_config(summary.get("config", {}), cfg, out_dir)
         return "finished", summary
     if os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
@@ -455,7 +461,7 @@ def _run(cfg: ExperimentConfig, out_dir: str, resuming: bool, stop_after_epoch, 
              "failures_total": 0, "failures_since_log": 0, "wall_time": 0.0, "last_epoch": None,
              "metrics_lines": 0}
     if resuming:
-        c = ckpt.load_checkpoint(os.path.join(out_dir, "checkpoint.pt"), map_location=device)
+        c = _load_run_checkpoint(out_dir, device)
         _check_same_config(c["config"], cfg, out_dir)
         model.load_state_dict(c["model"])
         opt.load_state_dict(c["optimizer"])
@@ -619,6 +625,25 @@ def _run(cfg: ExperimentConfig, out_dir: str, resuming: bool, stop_after_epoch, 
     return summary
 
 
+_CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "rng", "state", "config")
+
+
+def _load_run_checkpoint(out_dir: str, device) -> dict:
+    """The run's checkpoint.pt; CheckpointError (a ValueError) naming the file and the way out
+    when it is damaged or not a checkpoint of this harness."""
+    path = os.path.join(out_dir, "checkpoint.pt")
+    hint = "start the run again with --overwrite (overwrite=True)"
+    try:
+        c = ckpt.load_checkpoint(path, map_location=device)
+    except ckpt.CheckpointError as e:
+        raise ckpt.CheckpointError(f"{e}; {hint}") from None
+    missing = [k for k in _CHECKPOINT_KEYS if k not in c] if isinstance(c, dict) else list(_CHECKPOINT_KEYS)
+    if missing:
+        raise ckpt.CheckpointError(
+            f"{path} is not a training checkpoint of this harness (no {', '.join(missing)}); {hint}")
+    return c
+
+
 def _save(out_dir, model, opt, scaler, cfg, state, info, t_start) -> None:
     rng = D.all_gather_object(ckpt.get_rng_state(), info)
     if not info.is_main:
@@ -693,7 +718,7 @@ def main(argv=None) -> int:
     overrides = [o for group in args.overrides for o in group]
     try:
         cfg = load_config(args.config, profile=args.profile, overrides=overrides)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
@@ -701,14 +726,18 @@ def main(argv=None) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    info, _ = D.setup(cfg.device)  # one process group for every run of a sweep (torchrun)
+    try:
+        info, _ = D.setup(cfg.device)  # one process group for every run of a sweep (torchrun)
+    except RuntimeError as e:  # device='cuda' without CUDA
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         if args.sweep:
             summaries = run_sweep(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
         else:
             summaries = [dict(train(cfg, args.out, resume=args.resume, overwrite=args.overwrite),
                               run_dir=args.out)]
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+    except (ValueError, OSError) as e:  # bad run folder, damaged files, refused runs
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
