@@ -40,6 +40,7 @@ from . import distributed as D
 from .config import (RUNTIME_ONLY_FIELDS, ExperimentConfig, PROFILES, apply_overrides,
                      config_from_dict, config_help, load_config)
 from .data import build_datasets, epoch_indices, iterate_batches, num_batches
+from .lock import run_lock
 from .metrics import MetricsWriter, number_or_none, read_json, write_json_atomic
 from .models import build_model
 
@@ -72,8 +73,10 @@ def _check_same_config(stored: dict, cfg: ExperimentConfig, out_dir: str) -> Non
 
 
 def _prepare_out_dir(cfg: ExperimentConfig, out_dir: str, resume: bool, overwrite: bool):
-    """Decide what to do with ``out_dir``: ("finished", summary) / ("resume", None) / ("fresh", None)."""
+    """Decide what to do with ``out_dir``: ("finished", summary) / ("resume", None) / ("fresh", None).
+    Called with the folder's lock held, so temporaries of killed checkpoint saves are stale."""
     os.makedirs(out_dir, exist_ok=True)
+    ckpt.remove_stale_temporaries(os.path.join(out_dir, "checkpoint.pt"))
     present = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
     if overwrite:
         for f in RUN_FILES:
@@ -340,22 +343,25 @@ def train(config: ExperimentConfig | dict, out_dir: str | os.PathLike, resume: b
     cfg.validate()
     out_dir = os.fspath(out_dir)
     info, device = D.setup(cfg.device)
+    held = contextlib.ExitStack()  # rank 0 holds the folder's lock for the whole run
     try:
-        decision = None
+        decision, error = None, None
         if info.is_main:
             try:
+                os.makedirs(out_dir, exist_ok=True)
+                held.enter_context(run_lock(out_dir))
                 decision = _prepare_out_dir(cfg, out_dir, resume, overwrite)
-            except (FileExistsError, ValueError) as e:
-                decision = ("error", f"{type(e).__name__}: {e}")
+            except (OSError, ValueError) as e:
+                decision, error = ("error", isinstance(e, FileExistsError), str(e)), e
         decision = D.broadcast_object(decision, info)
         if decision[0] == "error":
-            kind, _, message = decision[1].partition(": ")
-            raise (FileExistsError if kind == "FileExistsError" else ValueError)(message)
+            raise error or (FileExistsError if decision[1] else ValueError)(decision[2])
         if decision[0] == "finished":
             return decision[1]
         with _determinism(cfg.deterministic, device), _threads(cfg.num_threads):
             return _run(cfg, out_dir, decision[0] == "resume", stop_after_epoch, info, device)
     finally:
+        held.close()
         D.cleanup(info)
 
 
@@ -400,6 +406,19 @@ def run_sweep(config: str | os.PathLike | ExperimentConfig, out_dir: str | os.Pa
     return out
 
 
+def _check_steps(cfg: ExperimentConfig, n_train: int, local_batch: int, info) -> None:
+    """Refuse a run whose epochs would hold no training step (it would report a train loss of
+    0 and an untrained model as finished)."""
+    idx = epoch_indices(n_train, seed=cfg.seed, epoch=0, shuffle=True, rank=info.rank,
+                        world_size=info.world_size)
+    if num_batches(len(idx), local_batch, cfg.drop_last) == 0:
+        per_process = f" ({local_batch} per process)" if info.distributed else ""
+        raise ValueError(
+            f"no training step per epoch: batch_size {cfg.batch_size}{per_process} is larger than "
+            f"the {n_train} training images and drop_last is true, so every batch is dropped; "
+            "lower batch_size, use more training images (train_subset) or set drop_last: false")
+
+
 def _sweep_run_dir(out_dir: str, suffix: str) -> str:
     """``out_dir/suffix``, refused unless it resolves (symbolic links followed) to a folder
     inside ``out_dir``: a run of a sweep never writes, or deletes with overwrite, elsewhere."""
@@ -417,13 +436,6 @@ def _run(cfg: ExperimentConfig, out_dir: str, resuming: bool, stop_after_epoch, 
     import yaml
 
     t_start = time.perf_counter()
-    if info.is_main and not resuming:
-        cfg_path = os.path.join(out_dir, "config.yaml")
-        tmp = cfg_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
-        os.replace(tmp, cfg_path)
-
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size must be divisible by the number of processes "
                          f"({info.world_size}), got {cfg.batch_size}")
@@ -435,6 +447,14 @@ def _run(cfg: ExperimentConfig, out_dir: str, resuming: bool, stop_after_epoch, 
     D.barrier(info)
     if not info.is_main:
         train_ds, test_ds, num_classes = build_datasets(cfg)
+    _check_steps(cfg, len(train_ds), local_batch, info)
+
+    if info.is_main and not resuming:
+        cfg_path = os.path.join(out_dir, "config.yaml")
+        tmp = cfg_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+        os.replace(tmp, cfg_path)
 
     _seed_all(cfg.seed)
     model = build_model(cfg, num_classes)
