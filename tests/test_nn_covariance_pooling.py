@@ -237,6 +237,15 @@ def test_a_nan_batch_raises_before_the_batchnorm_statistics_change():
     assert torch.isfinite(pool(x)).all()
 
 
+def test_a_one_position_batch_is_refused_before_the_statistics_change():
+    pool = CovariancePooling(8, reduced_dim=4)
+    before = _reduction_state(pool)
+    with pytest.raises(ValueError, match=r"H\*W >= 2.*input shape \(8, 8, 1, 1\)"):
+        pool(torch.randn(8, 8, 1, 1))
+    after = _reduction_state(pool)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_an_overflowing_batch_leaves_the_statistics_unchanged_and_says_so():
     """A finite 1e20 input overflows the float32 variance inside the reduction's BatchNorm
     (1e40 > 3.4e38): it used to return ~1e-23 silently with running_var = inf."""

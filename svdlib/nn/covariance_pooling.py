@@ -166,17 +166,17 @@ class CovariancePooling(nn.Module):
         """Validate ``x`` and apply the 1x1 reduction (in the network's dtype)."""
         check_feature_map(x, "input", self.in_channels, "CovariancePooling")
         check_finite_input(x, "input", "CovariancePooling")
-        if self.reduce is not None:
-            z = self.reduce(x)
-            self._check_reduction(x, z)
-            x = z
         H, W = x.shape[-2:]
         if H * W < 2:
             raise ValueError(
                 "CovariancePooling needs at least 2 spatial positions (H*W >= 2) to estimate a "
                 f"covariance, got H*W = {H * W} (input shape {tuple(x.shape)})"
             )
-        return x
+        if self.reduce is None:
+            return x
+        z = self.reduce(x)
+        self._check_reduction(x, z)
+        return z
 
     def _check_reduction(self, x: torch.Tensor, z: torch.Tensor) -> None:
         """The reduction of the finite ``x`` must leave finite features and statistics: the
