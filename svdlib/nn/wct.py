@@ -12,15 +12,8 @@ import torch
 import svdlib
 from svdlib.remedies import DEFAULT_MATFUNC_BACKWARD
 
-from ._checks import (
-    check_backward,
-    check_covariance_finite,
-    check_feature_map,
-    check_finite_input,
-    check_method,
-    check_nonnegative,
-    check_positive_int,
-)
+from ._checks import (check_backward, check_covariance_finite, check_feature_map,
+                      check_finite_input, check_method, check_nonnegative, check_positive_int)
 
 __all__ = ["whiten", "color", "wct", "color_transfer"]
 
