@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -17,7 +16,6 @@ from svdlib.experiments.config import ExperimentConfig, expand_sweep, load_confi
 from svdlib.experiments.metrics import collect_summaries, read_json
 from svdlib.experiments.train import main, run_sweep, train
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
 QUICK = "profiles:\n  quick: {epochs: 1, train_subset: 64, test_subset: 32, batch_size: 32}\n"
 TINY = "name: cli\nkind: zca\nwidth: 4\nstem_width: 8\ngroup_size: 8\nimage_size: 8\n"
 RUNTIME = ["--set", "progress=false", "num_threads=1", "max_steps_per_epoch=1"]
@@ -192,8 +190,11 @@ def _temporaries(directory) -> list[str]:
 def test_temporaries_of_killed_saves_are_removed_by_the_next_save(tmp_path):
     path = tmp_path / "checkpoint.pt"
     _killed_save(path)
-    _killed_save(path)
-    assert len(_temporaries(tmp_path)) == 2 and not path.exists()  # what a kill leaves behind
+    first = _temporaries(tmp_path)
+    assert len(first) == 1 and not path.exists()          # what a kill leaves behind
+    _killed_save(path)                                    # a save removes it, then is killed too
+    second = _temporaries(tmp_path)
+    assert len(second) == 1 and second != first
     (tmp_path / "notes.txt").write_text("not ours")
     ckpt.save_checkpoint(path, {"x": torch.ones(3)})
     assert _temporaries(tmp_path) == ["notes.txt"]
