@@ -271,7 +271,8 @@ def test_huge_input_names_the_covariance_overflow_and_its_remedy():
     y = wide(x * 1e20)
     assert y.dtype == torch.float32 and torch.isfinite(y).all()
     ref = torch.from_numpy(_reference(x.double())).float() * 1e20
-    assert ((y - ref).norm() / ref.norm()).item() < 1e-5     # measured 1e-7 here
+    # measured 0.0 here (both round to the same float32 values); bound 1e-5
+    assert ((y - ref).norm() / ref.norm()).item() < 1e-5
 
 
 def test_errors_name_the_argument_not_internal_tensors():
