@@ -2,6 +2,8 @@
 orthogonality paper eq. 44), against scipy.linalg.sqrtm in float64."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -103,10 +105,15 @@ def test_gradient_matches_finite_differences():
 def test_dtypes_and_devices(device, dtype):
     x = _features(B=4, C=8, H=4, W=4, dtype=dtype).to(device).requires_grad_(True)
     pool = CovariancePooling(8, reduced_dim=6).to(device=device, dtype=dtype)
+    reference = copy.deepcopy(pool).to(device="cpu", dtype=F64)
     y = pool(x)
     assert y.dtype == dtype and y.device.type == device and y.shape == (4, 21)
     y.sum().backward()
-    assert torch.isfinite(x.grad).all()
+    x64 = x.detach().to("cpu", F64).requires_grad_(True)
+    reference(x64).sum().backward()
+    rel = (x.grad.cpu().double() - x64.grad).norm() / x64.grad.norm()
+    # float32: measured 2e-7 to 9e-7 under the perturbations of `make test-perturbed`; bound 1e-4
+    assert rel < (1e-4 if dtype == torch.float32 else 1e-12)
 
 
 def _ill_conditioned(B=3, C=8, H=6, W=6, seed=0, smallest=1e-3, offset=5.0):

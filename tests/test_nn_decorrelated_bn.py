@@ -243,8 +243,14 @@ def test_float32(device):
     assert y.dtype == torch.float32 and y.device == x.device
     for Z in _groups(y.detach().double(), [3, 3]):
         assert torch.allclose(svdlib.covariance(Z), torch.eye(3, dtype=F64, device=device), atol=1e-3)
-    y.square().sum().backward()
-    assert torch.isfinite(x.grad).all()
+    # not y.square().sum(): exact whitening makes that constant, its gradient rounding noise
+    R = torch.randn(y.shape, generator=torch.Generator().manual_seed(8), dtype=F64)
+    (y * R.to(device, torch.float32)).sum().backward()
+    x64 = x.detach().to("cpu", F64).requires_grad_(True)
+    bn64 = DecorrelatedBatchNorm2d(6, group_size=3, eps=0.0).double()
+    (bn64(x64) * R).sum().backward()
+    rel = (x.grad.cpu().double() - x64.grad).norm() / x64.grad.norm()
+    assert rel < 1e-4, rel  # measured 1.3e-7 to 2e-7 under the perturbations; bound 1e-4
     bn.eval()
     assert bn(x).dtype == torch.float32
 

@@ -122,7 +122,11 @@ def test_float32_and_float64(dtype):
     out = wct(content, style)
     assert out.dtype == dtype
     out.square().sum().backward()
-    assert torch.isfinite(content.grad).all()
+    c64 = content.detach().double().requires_grad_(True)
+    wct(c64, style.double()).square().sum().backward()
+    rel = (content.grad.double() - c64.grad).norm() / c64.grad.norm()
+    # float32: measured 5e-5 to 1.8e-4 under the perturbations of `make test-perturbed`; bound 2e-3
+    assert rel < (2e-3 if dtype == torch.float32 else 1e-12)
     m_out, _ = _moments(out.detach())
     assert torch.allclose(m_out, _moments(style)[0], atol=1e-4)
 
