@@ -149,7 +149,11 @@ def test_makefile_and_readme_agree_on_the_two_commands():
     assert "-m svdlib.experiments.notebook" in re.search(r"^reproduce: .*\n\t(.*)$", MAKEFILE, re.MULTILINE).group(1)
     ci = (REPO / ".ci" / "run").read_text()
     assert ci.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in ci
-    assert re.findall(r"^make .*$", ci, re.MULTILINE) == ["make test 2>&1 | tee \"$log\" || status=$?"]
+    # CI runs the README's test command, then the same suite perturbed (issue 13)
+    assert re.findall(r"^run_target .*$", ci, re.MULTILINE) == ["run_target test", "run_target test-perturbed"]
+    assert 'make "$target" 2>&1 | tee "$log" || status=$?' in ci
+    perturbed = re.search(r"^test-perturbed: .*\n\t(.*)$", MAKEFILE, re.MULTILINE).group(1)
+    assert perturbed.startswith("SVDLIB_PERTURB='$(PERTURB)' ") and perturbed.endswith(recipe)
     for text in ("make test", "make reproduce", "papermill", "-f configs/", ",cuda]", "environment.yml",
                  "What works today", "torch==2.14.1", "torchvision==0.29.1"):
         assert text in README, f"README.md does not mention {text!r}"
