@@ -22,6 +22,11 @@ Integer literals (counts, shapes) are left alone. Comparisons of two computed qu
 thresholds held in variables are not seen: read those by hand. A failure is a place to look,
 not a verdict: ratios compared with 1 (``0.95 < r``) or orderings are flagged by design.
 
+The places already read and found sound (the measured value is not rounding-dependent, or the
+comparison is a range, an ordering or a selection rule) are listed with the reason in
+``tools/margin_audit_reviewed.txt``; the tool prints them apart and exits non-zero only for
+new ones.
+
 Usage (from the repository root)::
 
     .venv/bin/python tools/margin_audit.py                      # tests + teaching notebooks
@@ -33,6 +38,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -132,6 +138,18 @@ def tighten_notebook(path: Path, out: Path, factor: float) -> int:
     return changed
 
 
+def _reviewed(path: Path) -> dict[str, str]:
+    """``test id  -- reason`` per line of the reviewed list (# comments, blank lines ignored)."""
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip() if line.lstrip().startswith("#") else line.strip()
+            if line:
+                test_id, _, reason = line.partition(" -- ")
+                out[test_id.strip()] = reason.strip()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--factor", type=float, default=10.0, help="how much stricter (default 10)")
@@ -160,7 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "pytest", str(tests), *nb_paths, "--nbval-lax", "--nbval-current-env",
                "-p", "no:cacheprovider", "-q", "-rf", "--rootdir", str(root), *args.pytest_args]
         env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        return subprocess.call(cmd, cwd=root, env=env)
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        print(proc.stdout[-20000:], proc.stderr[-5000:], sep="\n")
+        flagged = sorted(set(re.findall(r"^FAILED margin_audit_(?:tests|notebooks)/(.+?)(?: - .*)?$", proc.stdout, re.MULTILINE)))
+        reviewed = _reviewed(root / "tools" / "margin_audit_reviewed.txt")
+        new = [f for f in flagged if f not in reviewed]
+        print(f"\n{len(flagged)} places with less than {args.factor:g}x margin, {len(flagged) - len(new)} reviewed:")
+        for f in flagged:
+            print(f"  {'NEW     ' if f in new else 'reviewed'} {f}" + (f"  -- {reviewed[f]}" if f in reviewed else ""))
+        return 1 if new else 0
     finally:
         for scratch in (tests, notebooks):
             shutil.rmtree(scratch, ignore_errors=True)
