@@ -115,7 +115,7 @@ def test_torch_linalg_error_path_repairs_only_failed_matrix(monkeypatch):
         if A.dim() == 3:
             calls["batched"] += 1
             raise torch.linalg.LinAlgError("injected")
-        if A[0, 0] == 7.0 and A.dtype == torch.float32:
+        if A[0, 0] > A[1, 1] and A.dtype == torch.float32:  # the second matrix, at any scale
             raise torch.linalg.LinAlgError("injected")
         return real(A, *args, **kwargs)
 
@@ -130,7 +130,7 @@ def test_torch_linalg_error_path_repairs_only_failed_matrix(monkeypatch):
 
 def test_power_iteration_solver_is_differentiable_baseline():
     A = matrix_with_spectrum([0.5, 2.0, 8.0], seed=5).requires_grad_()
-    lam, U = svdlib.eigh(A, solver="power_iteration", iterations=200)
+    lam, U = svdlib.eigh(A, solver="power_iteration_forward", iterations=200)
     torch.testing.assert_close(lam, torch.linalg.eigvalsh(A.detach()), rtol=1e-8, atol=1e-10)
     lam.sum().backward()
     torch.testing.assert_close(A.grad, torch.eye(3, dtype=torch.float64), rtol=1e-6, atol=1e-8)
@@ -158,3 +158,62 @@ def test_torch_compile_fullgraph_on_cpu():
     f(B).backward()
     torch.testing.assert_close(out, f(A.detach()))
     torch.testing.assert_close(A.grad, B.grad)
+
+
+def test_one_host_synchronisation_per_call(monkeypatch):
+    """The forward reads one scalar back from the device (the failure check); nothing else."""
+    A = matrix_with_spectrum(torch.rand(4, 6, dtype=torch.float64) + 0.5, seed=8)
+    reads = []
+    for name in ("item", "__bool__", "tolist", "__float__", "__int__"):
+        real = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _real=real, _name=name):
+            reads.append(_name)
+            return _real(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    svdlib.eigh(A)
+    assert reads == ["item"]
+    reads.clear()
+    svdlib.sqrtm(A)
+    assert reads == ["item"]
+    reads.clear()
+    svdlib.eigh(A.clone().requires_grad_(), backward="taylor", degree=20)
+    assert reads == ["item"]
+
+
+def test_doubled_matrix_gives_the_eigenpairs_of_the_symmetrised_one():
+    """The solver sees A + A^T (+ 2 eps I) and the eigenvalues are halved: the same eigenpairs as
+    eigh of (A + A^T)/2 + eps I (bit for bit with MKL's LAPACK; here to rounding)."""
+    g = torch.Generator().manual_seed(9)
+    A = torch.randn(3, 7, 7, generator=g, dtype=torch.float64)  # not symmetric
+    lam, U = svdlib.eigh(A, eps=0.25)
+    lam_ref, U_ref = torch.linalg.eigh(0.5 * (A + A.transpose(-1, -2)) + 0.25 * torch.eye(7, dtype=torch.float64))
+    # measured 0 (identical) with MKL; bound 1e-13 for other LAPACKs
+    torch.testing.assert_close(lam, lam_ref, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close((U.transpose(-1, -2) @ U_ref).abs(), torch.eye(7, dtype=torch.float64).expand(3, 7, 7),
+                               rtol=0, atol=1e-10)
+
+
+def test_eigenvector_scan_is_optional():
+    """By default the failure check reads the eigenvalues (and the solver's info) only; with
+    check_eigenvectors(True) a non-finite eigenvector is caught and repaired too."""
+    def bad_vectors(A):
+        lam, U = torch.linalg.eigh(A)
+        U = U.clone()
+        U[0, 0, 0] = float("nan")
+        return lam, U, None
+
+    solvers.register_solver("bad_vectors_test", bad_vectors)
+    try:
+        A = matrix_with_spectrum(torch.rand(2, 4, dtype=torch.float64) + 0.5, seed=10)
+        diagnostics.reset_failures()
+        _, U = svdlib.eigh(A, solver="bad_vectors_test")
+        assert not torch.isfinite(U).all() and diagnostics.failure_count() == 0
+        assert diagnostics.check_eigenvectors(True)
+        _, U = svdlib.eigh(A, solver="bad_vectors_test")
+        assert torch.isfinite(U).all() and diagnostics.failure_count() == 1
+    finally:
+        diagnostics.check_eigenvectors(False)
+        diagnostics.reset_failures()
+        solvers.SOLVERS.pop("bad_vectors_test")
