@@ -1,6 +1,6 @@
 """Shared helpers of the benchmark scripts: timing, environment, tables, atomic JSON.
 
-Timing follows ../shared/GPU.md: warm up first (this also triggers torch.compile and
+Timing: warm up first (this also triggers torch.compile and
 cuSOLVER handle creation), then time many repetitions and keep the median. On CUDA every
 repetition is bracketed by CUDA events on the current stream (GPU time, host launches
 included); on CPU by ``time.perf_counter``. The number of repetitions adapts to a time
