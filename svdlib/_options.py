@@ -122,7 +122,8 @@ def backward_spec(backward, options: Mapping[str, Any] | None = None, *, shift: 
         spec = backward
     else:
         try:
-            key = (backward, tuple(sorted(options.items())), float(shift), iterations)
+            key = (backward, shift) if not options and iterations is None else \
+                (backward, shift, tuple(sorted(options.items())), iterations)
             spec = _CACHE.get(key)
         except TypeError:  # an unhashable option value: resolve without the cache
             key, spec = None, None

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_REAL_FLOATING = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
 
 #: A validator: ``check(value, name) -> normalised value``; raises ValueError naming ``name``.
 Check = Callable[[Any, str], Any]
@@ -76,21 +77,22 @@ def check_square(A: torch.Tensor, name: str = "A", finite: bool = True) -> None:
     """
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
-    if A.dim() < 2:
+    shape = A.shape
+    if len(shape) < 2:
         raise ValueError(
-            f"{name} must have at least 2 dimensions (..., n, n), got shape {tuple(A.shape)}"
+            f"{name} must have at least 2 dimensions (..., n, n), got shape {tuple(shape)}"
         )
-    if A.shape[-1] != A.shape[-2]:
+    if shape[-1] != shape[-2]:
         raise ValueError(
-            f"{name} must be square in its last two dimensions (..., n, n), got shape {tuple(A.shape)}"
+            f"{name} must be square in its last two dimensions (..., n, n), got shape {tuple(shape)}"
         )
-    if A.is_complex() or not A.is_floating_point():
+    if A.dtype not in _REAL_FLOATING:
         raise ValueError(
             f"{name} must have a real floating dtype (float16/bfloat16/float32/float64), "
-            f"got {A.dtype} with shape {tuple(A.shape)}"
+            f"got {A.dtype} with shape {tuple(shape)}"
         )
-    if A.shape[-1] == 0:
-        raise ValueError(f"{name} must have n >= 1, got shape {tuple(A.shape)}")
+    if shape[-1] == 0:
+        raise ValueError(f"{name} must have n >= 1, got shape {tuple(shape)}")
     if finite:
         check_finite(A, name)
 

@@ -13,7 +13,7 @@ from . import _options, fused, solvers
 from ._validation import check_square, is_traced, working_dtype
 from .remedies import DEFAULT_BACKWARD
 
-__all__ = ["eigh", "eigh_compute", "prepare", "prepare_doubled", "decompose", "floor_eigenvalues"]
+__all__ = ["eigh", "eigh_compute", "prepare", "decompose", "floor_eigenvalues"]
 
 _EPS = _options.MATRIX_FUNCTION_KEYWORDS["eps"]
 _MIN_EIGENVALUE = _options.MATRIX_FUNCTION_KEYWORDS["min_eigenvalue"]
@@ -27,36 +27,21 @@ def prepare(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float, name
 
     Adding eps I shifts every eigenvalue by eps and leaves the eigenvectors unchanged
     (Robust Differentiable SVD sec. 4.1; the decorrelated-BN code adds 1e-2 I). All steps are
-    differentiable. ``eps`` is validated (finite, >= 0) by the public call.
+    differentiable; ``eps`` is validated (finite, >= 0) by the public call. The symmetric part
+    is one fused pass, ``lerp(A, A^T, 1/2)``: it returns A itself for a symmetric A, and the
+    rounded (A + A^T)/2 whenever A_ij - A_ji is exact (any nearly symmetric A, e.g. X X^T
+    formed in floating point); its gradient is sym(G), as for (A + A^T)/2.
+    ``check_finite=False`` leaves the NaN/Inf scan to the solver's check
+    (:func:`svdlib.solvers.solve`), which costs nothing extra when the input is fine.
     """
     check_square(A, name, finite=check_finite)
     dtype = working_dtype(A.dtype, compute_dtype)
     if A.dtype != dtype:
         A = A.to(dtype)
-    A = 0.5 * (A + A.transpose(-1, -2))
+    A = torch.lerp(A, A.transpose(-1, -2), 0.5)
     if eps:
         A = A + eps * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     return A
-
-
-def prepare_doubled(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float, name: str = "A",
-                    check_finite: bool = False) -> torch.Tensor:
-    """2 (sym(A) + eps I) = A + A^T + 2 eps I: what :func:`decompose` hands the solver.
-
-    The eigenvectors are those of :func:`prepare`'s matrix and the eigenvalues twice its
-    (halved after the solve): scaling by 2 is exact in binary floating point and the solvers'
-    arithmetic is equivariant under it, so the results are bit for bit those of
-    :func:`prepare`, one element-wise pass over A cheaper (at 32 x 16 x 16 that pass is a few
-    per cent of the solve). ``check_finite=False``: the solver's check catches NaN/Inf input.
-    """
-    check_square(A, name, finite=check_finite)
-    dtype = working_dtype(A.dtype, compute_dtype)
-    if A.dtype != dtype:
-        A = A.to(dtype)
-    A2 = A + A.transpose(-1, -2)
-    if eps:
-        A2 = A2 + (2 * eps) * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-    return A2
 
 
 def floor_eigenvalues(lam: torch.Tensor, floor: float | torch.Tensor | None) -> torch.Tensor:
@@ -73,15 +58,11 @@ def floor_eigenvalues(lam: torch.Tensor, floor: float | torch.Tensor | None) -> 
 
 
 class _Eigh(torch.autograd.Function):
-    """(lam, U) of A2 = 2 S (:func:`prepare_doubled`): lam = eigenvalues of S, and the backward
-    stage's dL/dS halved into dL/dA2."""
-
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(A2, solver, spec, compile, name):
-        lam2, U = solvers.solve(A2, solver, traced=is_traced(A2), name=name)
-        return 0.5 * lam2, U
+    def forward(A, solver, spec, compile, name):
+        return solvers.solve(A, solver, traced=is_traced(A), name=name)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -92,27 +73,25 @@ class _Eigh(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_lam, grad_U):
         lam, U = ctx.saved_tensors
-        grad_S = fused.eigen_backward(lam, U, grad_lam, grad_U, ctx.spec, ctx.compile)
-        return 0.5 * grad_S, None, None, None, None
+        return fused.eigen_backward(lam, U, grad_lam, grad_U, ctx.spec, ctx.compile), None, None, None, None
 
 
-def decompose(A2: torch.Tensor, solver: str, spec, *, iterations: int | None = None,
+def decompose(A: torch.Tensor, solver: str, spec, *, iterations: int | None = None,
               compile: bool | str = "auto", name: str = "A") -> tuple[torch.Tensor, torch.Tensor]:
-    """(lam, U) of S from ``A2`` = 2 S (:func:`prepare_doubled`), a resolved solver name and a
-    backward spec.
+    """(lam, U) of a prepared matrix (:func:`prepare`) with a resolved solver name and spec.
 
     A differentiable solver is differentiated by autograd (``spec`` unused; ``iterations``
     goes to it). Otherwise the gradient, when one is needed, comes from the backward stage;
-    without one (inference, or an input that does not require grad) the solver runs alone.
+    without one (inference, or an input that does not require grad) no autograd node is built.
     """
     record = solvers.SOLVERS[solver]
     if getattr(record, "differentiable", False):
-        lam2, U, _ = record(A2) if iterations is None else record(A2, iterations=iterations)
-        return 0.5 * lam2, U
-    if (torch.is_grad_enabled() and A2.requires_grad) or is_traced(A2):
-        return _Eigh.apply(A2, solver, spec, compile, name)
-    lam2, U = solvers.solve(A2, solver, name=name)
-    return 0.5 * lam2, U
+        lam, U, _ = record(A) if iterations is None else record(A, iterations=iterations)
+        return lam, U
+    traced = is_traced(A)
+    if traced or (A.requires_grad and torch.is_grad_enabled()):
+        return _Eigh.apply(A, solver, spec, compile, name)
+    return solvers.solve(A, solver, name=name)
 
 
 def eigh(
@@ -172,8 +151,8 @@ def eigh(
 
     Notes
     -----
-    One host synchronisation per call: the solver's failure check (a sum of lam and U,
-    :func:`svdlib.solvers.solve`), which also catches non-finite input.
+    One host synchronisation per call: the solver's failure check (the sum of the
+    eigenvalues, :func:`svdlib.solvers.solve`), which also catches non-finite input.
 
     Examples
     --------
@@ -208,7 +187,7 @@ def eigh_compute(A, backward=DEFAULT_BACKWARD, solver="auto", *, eps=0.0, min_ei
     target = None if iterations is None else _options.iterations_target("eigh", solver, backward)
     spec = _options.backward_spec(backward, options, shift=eps, use="eigh" if uses_remedy else "matrix_function",
                                   iterations=iterations if target == "remedy" else None)
-    A2 = prepare_doubled(A, compute_dtype, eps, check_finite=not uses_remedy)
-    name = solvers.resolve_solver(solver, A2.device)
-    lam, U = decompose(A2, name, spec, iterations=iterations if target == "solver" else None, compile=compile)
-    return floor_eigenvalues(lam, min_eigenvalue), U
+    Ac = prepare(A, compute_dtype, eps, check_finite=not uses_remedy)
+    name = solvers.resolve_solver(solver, Ac.device)
+    lam, U = decompose(Ac, name, spec, iterations=iterations if target == "solver" else None, compile=compile)
+    return lam if min_eigenvalue is None else floor_eigenvalues(lam, min_eigenvalue), U

@@ -13,7 +13,7 @@ import torch
 
 from . import _options, fused, solvers
 from ._validation import is_traced, real
-from .eigen import decompose, floor_eigenvalues, prepare, prepare_doubled
+from .eigen import decompose, floor_eigenvalues, prepare
 from .newton_schulz import newton_schulz_sqrtm
 from .remedies import DEFAULT_BACKWARD
 
@@ -47,10 +47,8 @@ def _compose(lam: torch.Tensor, U: torch.Tensor, p: float) -> torch.Tensor:
     return (U * lam.pow(p).unsqueeze(-2)) @ U.transpose(-1, -2)
 
 
-def _power_forward(A2, p, solver, min_eigenvalue):
-    """Q = U diag(max(lam, floor)^p) U^T from A2 = 2 S (:func:`svdlib.eigen.prepare_doubled`)."""
-    lam2, U = solvers.solve(A2, solver, traced=is_traced(A2))
-    lam_k = 0.5 * lam2
+def _power_forward(A, p, solver, min_eigenvalue):
+    lam_k, U = solvers.solve(A, solver, traced=is_traced(A))
     floor = default_floor(lam_k, p) if min_eigenvalue is None else min_eigenvalue
     lam = lam_k
     if floor is not None:
@@ -59,8 +57,7 @@ def _power_forward(A2, p, solver, min_eigenvalue):
 
 
 class _Power(torch.autograd.Function):
-    """Q = U diag(max(lam, floor)^p) U^T of A2 = 2 S; backward by
-    :func:`svdlib.fused.spectral_stage` (dL/dS, halved into dL/dA2)."""
+    """Q = U diag(max(lam, floor)^p) U^T; backward by :func:`svdlib.fused.spectral_stage`."""
 
     generate_vmap_rule = True
 
@@ -79,8 +76,8 @@ class _Power(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_Q, *_):
         lam, lam_k, U = ctx.saved_tensors
-        grad_S = fused.spectral_stage(lam, lam_k, U, grad_Q, ctx.p, ctx.spec, ctx.compile)
-        return 0.5 * grad_S, None, None, None, None, None
+        grad_A = fused.spectral_stage(lam, lam_k, U, grad_Q, ctx.p, ctx.spec, ctx.compile)
+        return grad_A, None, None, None, None, None
 
 
 def powm(
@@ -149,18 +146,18 @@ def powm(
         Ac = prepare(A, compute_dtype, eps)
         root, inv_root = newton_schulz_sqrtm(Ac) if iterations is None else newton_schulz_sqrtm(Ac, iterations)
         return (root if p == 0.5 else inv_root).to(out_dtype)
-    A2 = prepare_doubled(A, compute_dtype, eps, check_finite=solvers.is_differentiable(solver))
-    name = solvers.resolve_solver(solver, A2.device)
+    Ac = prepare(A, compute_dtype, eps, check_finite=solvers.is_differentiable(solver))
+    name = solvers.resolve_solver(solver, Ac.device)
     if solvers.is_differentiable(name) or not fused.folds(spec):
         # The chain of eq. 5-7: autograd through the composition, then eigh's backward stage.
-        lam, U = decompose(A2, name, spec, iterations=iterations if target == "solver" else None,
+        lam, U = decompose(Ac, name, spec, iterations=iterations if target == "solver" else None,
                            compile=compile)
         floor = default_floor(lam, p) if min_eigenvalue is None else min_eigenvalue
         return _compose(floor_eigenvalues(lam, floor), U, p).to(out_dtype)
-    if (torch.is_grad_enabled() and A2.requires_grad) or is_traced(A2):
-        Q = _Power.apply(A2, p, name, min_eigenvalue, spec, compile)[0]
+    if is_traced(Ac) or (Ac.requires_grad and torch.is_grad_enabled()):
+        Q = _Power.apply(Ac, p, name, min_eigenvalue, spec, compile)[0]
     else:
-        Q = _power_forward(A2, p, name, min_eigenvalue)[0]
+        Q = _power_forward(Ac, p, name, min_eigenvalue)[0]
     return Q.to(out_dtype)
 
 

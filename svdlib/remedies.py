@@ -134,6 +134,8 @@ class Remedy:
     reference: str = ""
     defaults: Mapping[str, Any] = dataclasses.field(init=False, repr=False)
     routes: Mapping[str, tuple[str, ...]] = dataclasses.field(init=False, repr=False)
+    #: Whether :func:`svdlib.eigh` can use it (a K~ or its own gradient); set from the fields.
+    has_eigh_form: bool = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -170,11 +172,7 @@ class Remedy:
         object.__setattr__(self, "checks", checks)
         object.__setattr__(self, "defaults", defaults)
         object.__setattr__(self, "routes", routes)
-
-    @property
-    def has_eigh_form(self) -> bool:
-        """Whether :func:`svdlib.eigh` can use it (a K~ or its own gradient)."""
-        return self.k_matrix is not None or self.gradient is not None
+        object.__setattr__(self, "has_eigh_form", self.k_matrix is not None or self.gradient is not None)
 
     def __call__(self, lam, U, grad_lam, grad_U, **options) -> torch.Tensor:
         """dL/dA of the eigendecomposition with this remedy (eager), options validated here."""

@@ -120,7 +120,6 @@ def is_differentiable(name: str) -> bool:
 def resolve_solver(name: str, device: torch.device) -> str:
     """Map ``"auto"`` to a concrete solver for ``device``; validate explicit names."""
     global _warned_cuda_fallback
-    name = canonical_name(name)
     if name == "auto":
         if device.type == "cuda":
             if _cusolver.is_available():
@@ -135,6 +134,7 @@ def resolve_solver(name: str, device: torch.device) -> str:
                     stacklevel=3,
                 )
         return "torch"
+    name = canonical_name(name)
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; expected 'auto' or one of {sorted(SOLVERS)}")
     if getattr(SOLVERS[name], "needs_cuda", False) and device.type != "cuda":
@@ -179,11 +179,12 @@ def solve(A: torch.Tensor, solver: str = "torch", traced: bool = False, name: st
     :mod:`svdlib.diagnostics`, and the batch never crashes because one matrix failed. When
     ``traced`` (torch.compile / vmap) the data-dependent check is skipped.
     """
-    lam, U, ok = SOLVERS[solver](A)
+    entry = SOLVERS[solver]
+    lam, U, ok = getattr(entry, "fn", entry)(A)
     if traced:
         return lam, U
     total = lam.sum()
-    if diagnostics.check_eigenvectors():
+    if diagnostics._check_eigenvectors:
         total = total + U.sum()
     if ok is not None:
         total = torch.where(ok.all(), total, torch.full_like(total, math.nan))

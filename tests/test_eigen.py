@@ -182,17 +182,25 @@ def test_one_host_synchronisation_per_call(monkeypatch):
     assert reads == ["item"]
 
 
-def test_doubled_matrix_gives_the_eigenpairs_of_the_symmetrised_one():
-    """The solver sees A + A^T (+ 2 eps I) and the eigenvalues are halved: the same eigenpairs as
-    eigh of (A + A^T)/2 + eps I (bit for bit with MKL's LAPACK; here to rounding)."""
+def test_symmetric_part_is_one_pass_equal_to_the_half_sum():
+    """prepare's lerp(A, A^T, 1/2) is (A + A^T)/2 bit for bit when A is nearly symmetric (the
+    difference A_ij - A_ji is then exact), A itself when A is symmetric, and within an ulp
+    otherwise; its gradient is sym(G)."""
+    from svdlib.eigen import prepare
+
     g = torch.Generator().manual_seed(9)
-    A = torch.randn(3, 7, 7, generator=g, dtype=torch.float64)  # not symmetric
-    lam, U = svdlib.eigh(A, eps=0.25)
-    lam_ref, U_ref = torch.linalg.eigh(0.5 * (A + A.transpose(-1, -2)) + 0.25 * torch.eye(7, dtype=torch.float64))
-    # measured 0 (identical) with MKL; bound 1e-13 for other LAPACKs
-    torch.testing.assert_close(lam, lam_ref, rtol=1e-13, atol=1e-13)
-    torch.testing.assert_close((U.transpose(-1, -2) @ U_ref).abs(), torch.eye(7, dtype=torch.float64).expand(3, 7, 7),
-                               rtol=0, atol=1e-10)
+    X = torch.randn(4, 12, 30, generator=g, dtype=torch.float64)
+    C = X @ X.transpose(-1, -2)                      # symmetric up to the product's rounding
+    assert torch.equal(prepare(C, None, 0.0), 0.5 * (C + C.transpose(-1, -2)))
+    S = 0.5 * (C + C.transpose(-1, -2))
+    assert torch.equal(prepare(S, None, 0.0), S)
+    R = torch.randn(4, 7, 7, generator=g, dtype=torch.float64)   # far from symmetric
+    half = 0.5 * (R + R.transpose(-1, -2))
+    assert (prepare(R, None, 0.0) - half).abs().max() <= 2 * torch.finfo(torch.float64).eps * half.abs().max()
+    Rg = R.clone().requires_grad_()
+    G = torch.randn(4, 7, 7, generator=g, dtype=torch.float64)
+    (prepare(Rg, None, 0.25) * G).sum().backward()
+    assert torch.equal(Rg.grad, 0.5 * G + (0.5 * G).transpose(-1, -2))
 
 
 def test_eigenvector_scan_is_optional():
