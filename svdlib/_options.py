@@ -22,7 +22,7 @@ Two rules that tie the public keywords to the remedies live here and nowhere els
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import torch
 
@@ -32,6 +32,8 @@ from ._validation import integer, optional, real
 __all__ = [
     "BackwardSpec",
     "backward_spec",
+    "CallPlan",
+    "call_plan",
     "iterations_target",
     "check_matrix_function_options",
     "MATRIX_FUNCTION_KEYWORDS",
@@ -84,8 +86,9 @@ _CACHE: dict = {}
 
 
 def forget_specs() -> None:
-    """Drop cached specs (called when a remedy is (re-)registered)."""
+    """Drop cached specs and call plans (called when a remedy is (re-)registered)."""
     _CACHE.clear()
+    _PLANS.clear()
 
 
 def _eigh_form_error(name: str) -> ValueError:
@@ -216,6 +219,58 @@ MATRIX_FUNCTION_KEYWORDS = {
 }
 
 
+class CallPlan(NamedTuple):
+    """Every argument of one public call, checked and routed (:func:`call_plan`)."""
+
+    spec: BackwardSpec
+    solver: str                        # canonical name, or "auto"
+    differentiable: bool               # autograd through the solver, no remedy
+    eps: float
+    min_eigenvalue: float | None
+    solver_iterations: int | None      # for a differentiable solver
+    method_iterations: int | None      # for method="newton_schulz"
+    compile: bool | str
+
+
+_PLANS: dict = {}
+
+
+def call_plan(method: str, backward, solver: str, eps, min_eigenvalue, iterations, compile,
+              options: Mapping[str, Any]) -> CallPlan:
+    """Check and route the arguments of :func:`svdlib.eigh` (``method=None``) or of a matrix
+    function (``method`` "eigh" or "newton_schulz"), once per distinct set of arguments.
+
+    Applies the shift-and-floor and iterations rules of this module; the result is cached, so a
+    training loop that repeats a call pays a dictionary lookup.
+    """
+    try:
+        key = (method, backward, solver, eps, min_eigenvalue, iterations, compile,
+               tuple(sorted(options.items())) if options else ())
+        plan = _PLANS.get(key)
+    except TypeError:  # an unhashable argument: check without the cache
+        key, plan = None, None
+    if plan is not None:
+        return plan
+    if method not in (None, "eigh", "newton_schulz"):
+        raise ValueError(f"unknown method {method!r}; expected one of ('eigh', 'newton_schulz')")
+    eps = MATRIX_FUNCTION_KEYWORDS["eps"](eps, "eps")
+    min_eigenvalue = MATRIX_FUNCTION_KEYWORDS["min_eigenvalue"](min_eigenvalue, "min_eigenvalue")
+    iterations = MATRIX_FUNCTION_KEYWORDS["iterations"](iterations, "iterations")
+    compile = MATRIX_FUNCTION_KEYWORDS["compile"](compile, "compile")
+    solver = MATRIX_FUNCTION_KEYWORDS["solver"](solver, "solver")
+    differentiable = solvers.is_differentiable(solver)
+    target = iterations_target(method or "eigh", solver, backward)
+    use = "eigh" if method is None and not differentiable else "matrix_function"
+    spec = backward_spec(backward, options, shift=eps, use=use,
+                         iterations=iterations if target == "remedy" else None)
+    plan = CallPlan(spec, solver, differentiable, eps, min_eigenvalue,
+                    iterations if target == "solver" else None,
+                    iterations if target == "newton_schulz" else None, compile)
+    if key is not None:
+        _PLANS[key] = plan
+    return plan
+
+
 def check_matrix_function_options(method: str, backward, options: Mapping[str, Any], *,
                                   extra: Mapping[str, Any] | None = None) -> BackwardSpec:
     """Validate the keyword arguments a layer or a config hands to a matrix function.
@@ -229,13 +284,10 @@ def check_matrix_function_options(method: str, backward, options: Mapping[str, A
     if method not in ("eigh", "newton_schulz"):
         raise ValueError(f"method must be one of ('eigh', 'newton_schulz'), got {method!r}")
     values = {**(extra or {}), **options}
-    keywords = {}
-    for key, check in MATRIX_FUNCTION_KEYWORDS.items():
-        if key in values:
-            keywords[key] = check(values[key], key)
+    keywords = {key: values[key] for key in MATRIX_FUNCTION_KEYWORDS if key in values}
+    if "compute_dtype" in keywords:
+        MATRIX_FUNCTION_KEYWORDS["compute_dtype"](keywords.pop("compute_dtype"), "compute_dtype")
     remedy_options = {k: v for k, v in options.items() if k not in MATRIX_FUNCTION_KEYWORDS}
-    solver = keywords.get("solver", "auto")
-    iterations = keywords.get("iterations")
-    target = iterations_target(method, solver, backward)
-    return backward_spec(backward, remedy_options, shift=keywords.get("eps", 0.0),
-                         iterations=iterations if target == "remedy" else None)
+    return call_plan(method, backward, keywords.get("solver", "auto"), keywords.get("eps", 0.0),
+                     keywords.get("min_eigenvalue"), keywords.get("iterations"),
+                     keywords.get("compile", "auto"), remedy_options).spec

@@ -7,10 +7,16 @@ when svdlib is imported) can all read it without importing each other in a circl
 """
 from __future__ import annotations
 
-__all__ = ["BACKWARDS", "lookup"]
+__all__ = ["BACKWARDS", "DEFAULT_BACKWARD", "lookup"]
 
 #: name -> :class:`svdlib.remedies.Remedy`, in registration order.
 BACKWARDS: dict = {}
+
+#: Default backward of :func:`svdlib.eigh`, the matrix functions (sqrtm, inv_sqrtm, powm), the
+#: layers in svdlib.nn and the experiment config: the papers' SVD-Taylor. "divided_difference"
+#: is exact and as cheap, but in training at our scale it was never better than Taylor and once
+#: worse (README, "Which backward by default"). Defined here only; every default refers to it.
+DEFAULT_BACKWARD = "taylor"
 
 
 def lookup(name):

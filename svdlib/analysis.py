@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from . import _options, remedies
+from ._registry import DEFAULT_BACKWARD
 from .matfuncs import powm
 from .newton_schulz import newton_schulz_sqrtm
 from .statistics import covariance
@@ -76,7 +77,7 @@ class Variant:
     """
 
     method: str = "eigh"
-    backward: str = "taylor"
+    backward: str = DEFAULT_BACKWARD
     options: tuple[tuple[str, object], ...] = ()
 
     def kwargs(self) -> dict:

@@ -15,12 +15,6 @@ from .remedies import DEFAULT_BACKWARD
 
 __all__ = ["eigh", "eigh_compute", "prepare", "decompose", "floor_eigenvalues"]
 
-_EPS = _options.MATRIX_FUNCTION_KEYWORDS["eps"]
-_MIN_EIGENVALUE = _options.MATRIX_FUNCTION_KEYWORDS["min_eigenvalue"]
-_ITERATIONS = _options.MATRIX_FUNCTION_KEYWORDS["iterations"]
-_COMPILE = _options.MATRIX_FUNCTION_KEYWORDS["compile"]
-
-
 def prepare(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float, name: str = "A",
             check_finite: bool = True) -> torch.Tensor:
     """Validate, cast to the compute dtype, symmetrise ((A + A^T)/2) and add ``eps`` I.
@@ -28,9 +22,11 @@ def prepare(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float, name
     Adding eps I shifts every eigenvalue by eps and leaves the eigenvectors unchanged
     (Robust Differentiable SVD sec. 4.1; the decorrelated-BN code adds 1e-2 I). All steps are
     differentiable; ``eps`` is validated (finite, >= 0) by the public call. The symmetric part
-    is one fused pass, ``lerp(A, A^T, 1/2)``: it returns A itself for a symmetric A, and the
+    is one fused pass, ``lerp(A^T, A, 1/2)``: it returns A itself for a symmetric A, and the
     rounded (A + A^T)/2 whenever A_ij - A_ji is exact (any nearly symmetric A, e.g. X X^T
-    formed in floating point); its gradient is sym(G), as for (A + A^T)/2.
+    formed in floating point); its gradient is sym(G), as for (A + A^T)/2. It is written in
+    column-major order, the order LAPACK works in, so the solver's own copy of its input is a
+    plain one instead of a second transposition.
     ``check_finite=False`` leaves the NaN/Inf scan to the solver's check
     (:func:`svdlib.solvers.solve`), which costs nothing extra when the input is fine.
     """
@@ -38,7 +34,7 @@ def prepare(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float, name
     dtype = working_dtype(A.dtype, compute_dtype)
     if A.dtype != dtype:
         A = A.to(dtype)
-    A = torch.lerp(A, A.transpose(-1, -2), 0.5)
+    A = torch.lerp(A.transpose(-1, -2), A, 0.5)
     if eps:
         A = A + eps * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     return A
@@ -77,15 +73,18 @@ class _Eigh(torch.autograd.Function):
 
 
 def decompose(A: torch.Tensor, solver: str, spec, *, iterations: int | None = None,
-              compile: bool | str = "auto", name: str = "A") -> tuple[torch.Tensor, torch.Tensor]:
+              compile: bool | str = "auto", name: str = "A",
+              differentiable: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(lam, U) of a prepared matrix (:func:`prepare`) with a resolved solver name and spec.
 
     A differentiable solver is differentiated by autograd (``spec`` unused; ``iterations``
     goes to it). Otherwise the gradient, when one is needed, comes from the backward stage;
     without one (inference, or an input that does not require grad) no autograd node is built.
     """
-    record = solvers.SOLVERS[solver]
-    if getattr(record, "differentiable", False):
+    if differentiable is None:
+        differentiable = solvers.is_differentiable(solver)
+    if differentiable:
+        record = solvers.SOLVERS[solver]
         lam, U, _ = record(A) if iterations is None else record(A, iterations=iterations)
         return lam, U
     traced = is_traced(A)
@@ -173,21 +172,9 @@ def eigh(
 def eigh_compute(A, backward=DEFAULT_BACKWARD, solver="auto", *, eps=0.0, min_eigenvalue=None,
                  compute_dtype=None, iterations=None, compile="auto", **options):
     """:func:`eigh` without the final cast: results stay in the compute dtype."""
-    # Checks skipped for the defaults: this path is timed against torch.linalg.eigh.
-    if eps != 0.0:
-        eps = _EPS(eps, "eps")
-    if min_eigenvalue is not None:
-        min_eigenvalue = _MIN_EIGENVALUE(min_eigenvalue, "min_eigenvalue")
-    if iterations is not None:
-        iterations = _ITERATIONS(iterations, "iterations")
-    if compile != "auto":
-        compile = _COMPILE(compile, "compile")
-    solver = solvers.canonical_name(solver)
-    uses_remedy = not solvers.is_differentiable(solver)
-    target = None if iterations is None else _options.iterations_target("eigh", solver, backward)
-    spec = _options.backward_spec(backward, options, shift=eps, use="eigh" if uses_remedy else "matrix_function",
-                                  iterations=iterations if target == "remedy" else None)
-    Ac = prepare(A, compute_dtype, eps, check_finite=not uses_remedy)
-    name = solvers.resolve_solver(solver, Ac.device)
-    lam, U = decompose(Ac, name, spec, iterations=iterations if target == "solver" else None, compile=compile)
-    return lam if min_eigenvalue is None else floor_eigenvalues(lam, min_eigenvalue), U
+    plan = _options.call_plan(None, backward, solver, eps, min_eigenvalue, iterations, compile, options)
+    Ac = prepare(A, compute_dtype, plan.eps, check_finite=plan.differentiable)
+    name = solvers.solver_for(plan.solver, Ac)
+    lam, U = decompose(Ac, name, plan.spec, iterations=plan.solver_iterations, compile=plan.compile,
+                       differentiable=plan.differentiable)
+    return lam if plan.min_eigenvalue is None else floor_eigenvalues(lam, plan.min_eigenvalue), U

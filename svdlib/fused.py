@@ -47,6 +47,7 @@ from typing import Callable
 import torch
 
 from . import _options, _registry
+from ._registry import DEFAULT_BACKWARD
 from ._validation import is_traced
 
 __all__ = [
@@ -225,7 +226,7 @@ def _check_compile(flag):
     return _options.MATRIX_FUNCTION_KEYWORDS["compile"](flag, "compile")
 
 
-def k_matrix(lam: torch.Tensor, backward: str = "taylor", **options) -> torch.Tensor:
+def k_matrix(lam: torch.Tensor, backward: str = DEFAULT_BACKWARD, **options) -> torch.Tensor:
     """The K~ (..., n, n) remedy ``backward`` applies (eq. 7 with K replaced), directions it
     drops zeroed."""
     spec = _spec(backward, options)
@@ -236,7 +237,7 @@ def k_matrix(lam: torch.Tensor, backward: str = "taylor", **options) -> torch.Te
 
 
 def remedy_backward(lam: torch.Tensor, U: torch.Tensor, grad_lam: torch.Tensor | None,
-                    grad_U: torch.Tensor | None, backward: str = "taylor", *,
+                    grad_U: torch.Tensor | None, backward: str = DEFAULT_BACKWARD, *,
                     compile: bool | str = "auto", **options) -> torch.Tensor:
     r"""dL/dA of :func:`svdlib.eigh` with remedy ``backward`` and its ``options``
     (:func:`eigen_backward` by name).
@@ -256,7 +257,7 @@ def _foldable_spec(backward, options):
     return spec
 
 
-def spectral_weights(lam: torch.Tensor, p: float, backward: str = "taylor", *,
+def spectral_weights(lam: torch.Tensor, p: float, backward: str = DEFAULT_BACKWARD, *,
                      lam_k: torch.Tensor | None = None, **options) -> torch.Tensor:
     r"""The matrix F~ with dL/dA = U (F~ o U^T sym(G) U) U^T for Q = U diag(lam^p) U^T.
 
@@ -272,7 +273,7 @@ def spectral_weights(lam: torch.Tensor, p: float, backward: str = "taylor", *,
 
 
 def spectral_backward(lam: torch.Tensor, U: torch.Tensor, grad_Q: torch.Tensor, p: float,
-                      backward: str = "taylor", *, lam_k: torch.Tensor | None = None,
+                      backward: str = DEFAULT_BACKWARD, *, lam_k: torch.Tensor | None = None,
                       compile: bool | str = "auto", **options) -> torch.Tensor:
     r"""dL/dA of Q = U diag(lam^p) U^T through the eigendecomposition, in one Hadamard product
     (:func:`spectral_stage` by name), for a remedy with a folded form.

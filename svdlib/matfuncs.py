@@ -20,7 +20,6 @@ from .remedies import DEFAULT_BACKWARD
 __all__ = ["powm", "sqrtm", "inv_sqrtm", "default_floor"]
 
 METHODS = ("eigh", "newton_schulz")
-_KEYWORDS = _options.MATRIX_FUNCTION_KEYWORDS
 _POWER = real()
 
 
@@ -128,34 +127,27 @@ def powm(
 
     Returns the caller's dtype (float16/bfloat16 computed in float32).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     p = _POWER(p, "p")
-    eps = _KEYWORDS["eps"](eps, "eps")
-    min_eigenvalue = _KEYWORDS["min_eigenvalue"](min_eigenvalue, "min_eigenvalue")
-    iterations = _KEYWORDS["iterations"](iterations, "iterations")
-    compile = _KEYWORDS["compile"](compile, "compile")
-    solver = solvers.canonical_name(solver)
-    target = _options.iterations_target(method, solver, backward)
-    spec = _options.backward_spec(backward, options, shift=eps,
-                                  iterations=iterations if target == "remedy" else None)
+    plan = _options.call_plan(method, backward, solver, eps, min_eigenvalue, iterations, compile, options)
+    eps, min_eigenvalue, spec = plan.eps, plan.min_eigenvalue, plan.spec
     out_dtype = A.dtype if isinstance(A, torch.Tensor) else None
     if method == "newton_schulz":
         if p not in (0.5, -0.5):
             raise ValueError(f"method='newton_schulz' computes p = 0.5 or -0.5 only, got p={p}")
         Ac = prepare(A, compute_dtype, eps)
-        root, inv_root = newton_schulz_sqrtm(Ac) if iterations is None else newton_schulz_sqrtm(Ac, iterations)
+        n_iter = plan.method_iterations
+        root, inv_root = newton_schulz_sqrtm(Ac) if n_iter is None else newton_schulz_sqrtm(Ac, n_iter)
         return (root if p == 0.5 else inv_root).to(out_dtype)
-    Ac = prepare(A, compute_dtype, eps, check_finite=solvers.is_differentiable(solver))
-    name = solvers.resolve_solver(solver, Ac.device)
-    if solvers.is_differentiable(name) or not fused.folds(spec):
+    Ac = prepare(A, compute_dtype, eps, check_finite=plan.differentiable)
+    name = solvers.solver_for(plan.solver, Ac)
+    if plan.differentiable or not fused.folds(spec):
         # The chain of eq. 5-7: autograd through the composition, then eigh's backward stage.
-        lam, U = decompose(Ac, name, spec, iterations=iterations if target == "solver" else None,
-                           compile=compile)
+        lam, U = decompose(Ac, name, spec, iterations=plan.solver_iterations, compile=plan.compile,
+                           differentiable=plan.differentiable)
         floor = default_floor(lam, p) if min_eigenvalue is None else min_eigenvalue
         return _compose(floor_eigenvalues(lam, floor), U, p).to(out_dtype)
     if is_traced(Ac) or (Ac.requires_grad and torch.is_grad_enabled()):
-        Q = _Power.apply(Ac, p, name, min_eigenvalue, spec, compile)[0]
+        Q = _Power.apply(Ac, p, name, min_eigenvalue, spec, plan.compile)[0]
     else:
         Q = _power_forward(Ac, p, name, min_eigenvalue)[0]
     return Q.to(out_dtype)

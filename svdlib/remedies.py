@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import _options, fused
-from ._registry import BACKWARDS
+from ._registry import BACKWARDS, DEFAULT_BACKWARD
 from ._validation import Check, default_check, integer, integer_pair, optional, real, renamed_keywords
 from .divided_difference import divided_difference_matrix, geometric_series
 
@@ -63,12 +63,7 @@ __all__ = [
 
 FLOAT64_EPS = float(np.finfo(np.float64).eps)
 
-#: Default backward of :func:`svdlib.eigh`, the matrix functions (sqrtm, inv_sqrtm, powm) and
-#: the layers in svdlib.nn: the papers' SVD-Taylor. "divided_difference" is exact and as
-#: cheap, but in training at our scale it was never better than Taylor and once worse
-#: (README, "Which backward by default"). Defined here only; every default refers to it.
-DEFAULT_BACKWARD = "taylor"
-#: Older names of :data:`DEFAULT_BACKWARD` (kept: they are imported by callers).
+#: Older names of :data:`DEFAULT_BACKWARD` (svdlib._registry; kept: callers import them).
 DEFAULT_EIGH_BACKWARD = DEFAULT_MATFUNC_BACKWARD = DEFAULT_BACKWARD
 
 

@@ -28,7 +28,8 @@ import torch
 from . import _cusolver, diagnostics
 from ._validation import raise_non_finite
 
-__all__ = ["SOLVERS", "Solver", "register_solver", "resolve_solver", "canonical_name", "is_differentiable",
+__all__ = ["SOLVERS", "Solver", "register_solver", "resolve_solver", "solver_for", "canonical_name",
+           "is_differentiable",
            "solve", "power_iteration_eigh"]
 
 SolverResult = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
@@ -140,6 +141,13 @@ def resolve_solver(name: str, device: torch.device) -> str:
     if getattr(SOLVERS[name], "needs_cuda", False) and device.type != "cuda":
         raise ValueError(f"solver={name!r} needs a CUDA tensor, got device {device}")
     return name
+
+
+def solver_for(name: str, A: torch.Tensor) -> str:
+    """:func:`resolve_solver` for the device of ``A`` ("auto" off CUDA is "torch" at once)."""
+    if name == "auto" and not A.is_cuda:
+        return "torch"
+    return resolve_solver(name, A.device)
 
 
 def _repair_one(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:

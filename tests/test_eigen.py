@@ -183,7 +183,7 @@ def test_one_host_synchronisation_per_call(monkeypatch):
 
 
 def test_symmetric_part_is_one_pass_equal_to_the_half_sum():
-    """prepare's lerp(A, A^T, 1/2) is (A + A^T)/2 bit for bit when A is nearly symmetric (the
+    """prepare's lerp(A^T, A, 1/2) is (A + A^T)/2 bit for bit when A is nearly symmetric (the
     difference A_ij - A_ji is then exact), A itself when A is symmetric, and within an ulp
     otherwise; its gradient is sym(G)."""
     from svdlib.eigen import prepare

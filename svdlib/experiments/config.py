@@ -37,6 +37,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from svdlib._registry import DEFAULT_BACKWARD
+
 __all__ = [
     "ExperimentConfig",
     "PROFILES",
@@ -155,7 +157,7 @@ class ExperimentConfig:
     # ----- meta layer ------------------------------------------------------------------------
     method: str = _f("eigh", "Matrix function method of the meta layer: eigh (the SVD spine) or "
                      "newton_schulz (iSQRT-COV).")
-    backward: str = _f("taylor", "Backward remedy name from svdlib.BACKWARDS (exact, clip, taylor, "
+    backward: str = _f(DEFAULT_BACKWARD, "Backward remedy name from svdlib.BACKWARDS (exact, clip, taylor, "
                        "pade, power_iteration, truncate, divided_difference).")
     solver: str = _f("auto", "Forward eigensolver of the meta layer, a name of svdlib.SOLVERS: auto, "
                      "torch, cusolver_batched, or power_iteration_forward (the 'PI' baseline, "
