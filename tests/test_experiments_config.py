@@ -115,8 +115,10 @@ def test_meta_layer_fields_are_checked_when_the_config_is_built(small_yaml):
     cfg = load_config(small_yaml, overrides=["solver=power_iteration_forward", "remedy_options={iterations: 19}"])
     assert cfg.solver == "power_iteration_forward"
     # the old place of the solver moves to the field, with a warning
-    with pytest.warns(FutureWarning, match="remedy_options.solver is deprecated"):
+    with pytest.warns(FutureWarning) as record:
         old = ExperimentConfig(backward="exact", remedy_options={"solver": "power_iteration", "iterations": 19})
+    messages = " ".join(str(w.message) for w in record)
+    assert "remedy_options.solver is deprecated" in messages and "solver='power_iteration' is deprecated" in messages
     assert old.solver == "power_iteration_forward" and old.remedy_options == {"iterations": 19}
     with pytest.raises(ValueError, match="solver is given twice"):
         ExperimentConfig(solver="torch", remedy_options={"solver": "power_iteration_forward"})

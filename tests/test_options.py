@@ -93,7 +93,7 @@ def test_renamed_options_warn_and_mean_the_same():
         with pytest.warns(DeprecationWarning, match="is deprecated; use"):
             g_old = grad(backward=backward, **old)
         assert torch.equal(g_old, grad(backward=backward, **new)), backward
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="not both"), pytest.warns(DeprecationWarning):
         svdlib.sqrtm(A, backward="clip", threshold=1.0, k_max=2.0)
     # a remedy's old option eps (its floor) where it cannot mean the shift: the record's call
     lam, U = torch.linalg.eigh(A.detach())
