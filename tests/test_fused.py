@@ -313,3 +313,22 @@ def test_stage_kernels_trace_into_one_graph(backward):
     if backward != "divided_difference":
         compiled = torch.compile(fused._eigen_backward_impl, fullgraph=True, backend="eager")
         assert torch.equal(compiled(lam, U, lam, G, spec), fused._eigen_backward_impl(lam, U, lam, G, spec))
+
+
+def test_exact_is_not_folded_in_matrix_functions(monkeypatch):
+    """backward="exact" keeps the papers' plain-SVD chain in the matrix functions (its record
+    says foldable=False): autograd through U f(Lambda) U^T, then eigh's stage, where the terms
+    K_ij s_i and K_ij s_j are formed separately and cancel near ties. Folding remedies go
+    through the one Hadamard product instead."""
+    assert not svdlib.BACKWARDS["exact"].foldable and not fused.folds(svdlib._options.backward_spec("exact"))
+    calls = []
+    for name in ("eigen_backward", "spectral_stage"):
+        real = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    A = _covariances(2, 5, 20, torch.float64, seed=12)
+    G = torch.randn(A.shape, dtype=torch.float64)
+    for backward, path in (("exact", "eigen_backward"), ("taylor", "spectral_stage"),
+                           ("divided_difference", "spectral_stage"), ("truncate", "eigen_backward")):
+        calls.clear()
+        _grad(lambda X: svdlib.sqrtm(X, backward=backward), A, G)
+        assert calls == [path], backward
