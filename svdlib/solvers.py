@@ -188,7 +188,7 @@ def solve(A: torch.Tensor, solver: str = "torch", traced: bool = False, name: st
     ``traced`` (torch.compile / vmap) the data-dependent check is skipped.
     """
     entry = SOLVERS[solver]
-    lam, U, ok = getattr(entry, "fn", entry)(A)
+    lam, U, ok = (entry.fn if type(entry) is Solver else entry)(A)
     if traced:
         return lam, U
     total = lam.sum()

@@ -164,8 +164,13 @@ def proposition_errors(A: torch.Tensor, g: torch.Tensor, degrees: Iterable[int])
     A = A.detach()
     lam, U = torch.linalg.eigh(A)
     u1 = U[:, -1]
+    # An eigenvector's sign is arbitrary and solvers differ in the one they return: each
+    # gradient is taken for the eigenvector oriented like u_1, so the comparison is portable.
+    def oriented(v):
+        return torch.sign(v.detach() @ u1) * v
+
     A_ref = A.clone().requires_grad_(True)
-    (exact,) = torch.autograd.grad(g @ torch.linalg.eigh(A_ref)[1][:, -1], A_ref)
+    (exact,) = torch.autograd.grad(g @ oriented(torch.linalg.eigh(A_ref)[1][:, -1]), A_ref)
     exact = _symmetrise(exact)
     x = lam[:-1] / lam[-1]
     coeff = U[:, :-1].T @ g
@@ -175,7 +180,7 @@ def proposition_errors(A: torch.Tensor, g: torch.Tensor, degrees: Iterable[int])
         A_t = A.clone().requires_grad_(True)
         # floor=1e-300: no eigenvalue floor, so the comparison is with the pure Taylor series.
         _, U_t = eigh(A_t, backward="taylor", degree=K, floor=1e-300)
-        (taylor,) = torch.autograd.grad(g @ U_t[:, -1], A_t)
+        (taylor,) = torch.autograd.grad(g @ oriented(U_t[:, -1]), A_t)
         pi = power_iteration_gradient(A, u1, g, K + 1)
         missed = coeff * x.pow(K + 1) / (1 - x) / lam[-1]
         rows.append({

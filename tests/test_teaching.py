@@ -67,6 +67,16 @@ def test_exact_tie_breaks_exact_but_not_taylor():
     assert not torch.isfinite(T.eigenvector_gradients(A, W, "reference")).all()
     G = T.eigenvector_gradients(A, W, "taylor", degree=9, floor=1e-10)
     assert torch.isfinite(G).all()
+    # L_0 + L_1 = tr(P W), P the tied eigenspace's projector, is differentiable at the tie: its
+    # gradient pairs the tied directions with the others only, and Taylor's K~ for those pairs
+    # is the degree-9 sum (1/lam_big) sum_k x^k, x = lam_small/lam_big, computed here by hand.
+    lam = [1.0, 1.0, 2.0, 3.0]
+    expected = torch.zeros(4, 4, dtype=torch.float64)
+    for i in (0, 1):
+        for j in (2, 3):
+            k_tilde = sum((lam[i] / lam[j]) ** k for k in range(10)) / lam[j]   # = K~_ij, i < j
+            expected[i, j] = expected[j, i] = -2 * float(W[i, j]) * k_tilde / 2
+    torch.testing.assert_close(G[0] + G[1], expected, rtol=1e-12, atol=1e-14)
 
 
 def test_proposition_and_remainder():

@@ -46,6 +46,7 @@ __all__ = [
     "config_from_dict",
     "apply_overrides",
     "expand_sweep",
+    "sweep_folder_part",
     "config_help",
     "field_names",
     "RUNTIME_ONLY_FIELDS",
@@ -256,11 +257,18 @@ class ExperimentConfig:
             raise ValueError(f"lr_milestones must be increasing, got {self.lr_milestones}")
         if self.hybrid_switch_epoch is not None and self.hybrid_switch_epoch < 0:
             raise ValueError(f"hybrid_switch_epoch must be >= 0 or null, got {self.hybrid_switch_epoch}")
+        longest = 0
         for key, values in self.sweep.items():
             if key not in field_names() or key == "sweep":
                 raise ValueError(f"sweep keys must be config fields, got {key!r}")
             if not isinstance(values, list) or not values:
                 raise ValueError(f"sweep[{key!r}] must be a non-empty list, got {values!r}")
+            longest += 1 + max(len(os.fsencode(sweep_folder_part(key, v))) for v in values)
+        if longest - 1 > _MAX_FOLDER_NAME:
+            raise ValueError(
+                f"sweep run folder names (key=value,...) would be up to {longest - 1} bytes long, "
+                f"more than a file system allows ({_MAX_FOLDER_NAME}); sweep fewer fields or "
+                "shorter values")
         return self
 
     def _check_meta_layer(self) -> None:
@@ -413,13 +421,32 @@ _SPECIAL = ("base", "profiles")
 def _read_yaml(path: str) -> dict:
     import yaml
 
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {path} is not UTF-8 text: {e}") from None
+    except yaml.constructor.ConstructorError as e:
+        raise ValueError(f"could not parse config file {path}: {e}; config files are read with "
+                         "yaml.safe_load, so tags such as !!python/... are not allowed") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"could not parse config file {path}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must contain a YAML mapping, got {type(data).__name__}")
     return data
+
+
+def _check_types(values: dict, where: str) -> None:
+    """Type-check each value of one section of a file where it is written, so a value that a
+    profile or a child file overrides is checked too; the message names ``where``."""
+    hints = _hints()
+    for name, value in values.items():
+        try:
+            _coerce(name, value, hints[name])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{e} ({where})") from None
 
 
 def _resolve_file(path: str, _seen: tuple = ()) -> tuple[dict, dict]:
@@ -447,12 +474,14 @@ def _resolve_file(path: str, _seen: tuple = ()) -> tuple[dict, dict]:
         _unknown_keys(section.keys(), f"{path} profiles.{pname}")
         if "profile" in section:
             raise ValueError(f"profiles.{pname} in {path} must not set 'profile'")
+        _check_types(section, f"profiles.{pname} of {path}")
         profiles = {**profiles, pname: {**profiles.get(pname, {}), **section}}
     fields = {k: v for k, v in data.items() if k not in _SPECIAL}
     _unknown_keys(fields.keys(), path)
     if "profile" in fields:
         raise ValueError(f"{path} must not set 'profile' at top level; it is chosen when loading "
                          f"(load_config(profile=...) or --profile)")
+    _check_types(fields, f"top level of {path}")
     top.update(fields)
     return top, profiles
 
@@ -534,11 +563,29 @@ def apply_overrides(cfg: ExperimentConfig, overrides=()) -> ExperimentConfig:
     return config_from_dict(values)
 
 
+_MAX_FOLDER_NAME = 255
+_PATH_CHARACTERS = ("/", "\\", "\0")
+
+
+def sweep_folder_part(key: str, value: Any) -> str:
+    """``key=value``, one part of a sweep run's folder name; ValueError when the value could
+    make that name reach another folder (a path separator or a control character in it)."""
+    text = f"{key}={value}"
+    bad = [c for c in _PATH_CHARACTERS if c in text] + [c for c in text if ord(c) < 32 and c != "\0"]
+    if bad:
+        raise ValueError(
+            f"sweep value {value!r} of field {key!r} is not usable as a folder name: "
+            f"{text!r} contains {sorted(set(bad))!r}; each sweep run is written to the folder "
+            "<out>/key=value,..., which must stay inside the output folder")
+    return text
+
+
 def expand_sweep(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     """One ``(suffix, config)`` per combination of ``cfg.sweep``.
 
     The suffix names the combination (``"group_size=8,seed=1"``; ``""`` without a sweep) and
-    is meant as a sub-directory of the run's output directory. Each returned config is one
+    is meant as a sub-directory of the run's output directory: it is one folder name, never
+    a path (see :func:`sweep_folder_part`). Each returned config is one
     validated run (its swept fields pinned, its ``sweep`` empty).
     """
     if not cfg.sweep:
@@ -547,7 +594,7 @@ def expand_sweep(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     out = []
     for combo in itertools.product(*(cfg.sweep[k] for k in keys)):
         changes = dict(zip(keys, combo))
-        suffix = ",".join(f"{k}={v}" for k, v in changes.items())
+        suffix = ",".join(sweep_folder_part(k, v) for k, v in changes.items())
         out.append((suffix, apply_overrides(cfg, changes)))
     return out
 

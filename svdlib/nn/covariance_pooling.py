@@ -15,7 +15,16 @@ import svdlib
 from svdlib._options import check_matrix_function_options
 from svdlib.remedies import DEFAULT_MATFUNC_BACKWARD
 
-from ._checks import check_backward, check_feature_map, check_method, check_positive_int
+from svdlib._validation import is_traced
+
+from ._checks import (
+    check_backward,
+    check_covariance_finite,
+    check_feature_map,
+    check_finite_input,
+    check_method,
+    check_positive_int,
+)
 
 __all__ = ["CovariancePooling", "vectorize_symmetric"]
 
@@ -157,16 +166,57 @@ class CovariancePooling(nn.Module):
 
     def _reduced(self, x: torch.Tensor) -> torch.Tensor:
         """Validate ``x`` and apply the 1x1 reduction (in the network's dtype)."""
-        check_feature_map(x, "input", self.in_channels)
-        if self.reduce is not None:
-            x = self.reduce(x)
+        check_feature_map(x, "input", self.in_channels, "CovariancePooling")
+        check_finite_input(x, "input", "CovariancePooling")
         H, W = x.shape[-2:]
         if H * W < 2:
             raise ValueError(
                 "CovariancePooling needs at least 2 spatial positions (H*W >= 2) to estimate a "
                 f"covariance, got H*W = {H * W} (input shape {tuple(x.shape)})"
             )
-        return x
+        if self.reduce is None:
+            return x
+        z = self.reduce(x)
+        self._check_reduction(x, z)
+        return z
+
+    def _check_reduction(self, x: torch.Tensor, z: torch.Tensor) -> None:
+        """The reduction of the finite ``x`` must leave finite features and statistics: the
+        BatchNorm's batch variance overflows for inputs near sqrt(float max) (1e19 in float32),
+        and then normalises everything to ~0 silently."""
+        if is_traced(z):
+            return
+        state = [t for t in self.reduce.buffers() if t.is_floating_point()]
+        if bool(torch.stack([torch.isfinite(t).all() for t in (z, *state)]).all()):
+            return
+        if not all(bool(torch.isfinite(p).all()) for p in self.reduce.parameters()):
+            raise ValueError(
+                "CovariancePooling: the weights of the 1x1 reduction (conv + BatchNorm) contain "
+                "NaN/Inf (a diverged optimiser step?); the input was finite"
+            )
+        dtype = str(z.dtype).removeprefix("torch.")
+        raise ValueError(
+            f"CovariancePooling: the 1x1 reduction (conv + BatchNorm) of input (shape "
+            f"{tuple(x.shape)}, largest |entry| {float(x.detach().abs().amax()):.3g}) overflowed "
+            f"{dtype} in its BatchNorm variance; scale the input"
+        )
+
+    @contextlib.contextmanager
+    def _statistics_kept_on_error(self):
+        """Undo the BatchNorm running-statistics update of a training call that raises, so a
+        failed call leaves the layer as it was (the input check runs before the update; this
+        covers what only shows after it: overflow in the reduction, a failing square root)."""
+        if self.reduce is None or not self.training:
+            yield
+            return
+        saved = [(buf, buf.clone()) for buf in self.reduce.buffers()]
+        try:
+            yield
+        except BaseException:
+            with torch.no_grad():
+                for buf, value in saved:
+                    buf.copy_(value)
+            raise
 
     def _wide(self, z: torch.Tensor):
         """No autocast while ``covariance_dtype`` is in force (it would narrow the matmuls)."""
@@ -174,27 +224,33 @@ class CovariancePooling(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device_type=z.device.type, enabled=False)
 
-    def _covariance_of(self, z: torch.Tensor) -> torch.Tensor:
+    def _covariance_of(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         B, d, H, W = z.shape
         if self.covariance_dtype is not None:
             z = z.to(self.covariance_dtype)
-        return svdlib.covariance(z.reshape(B, d, H * W))
+        P = svdlib.covariance(z.reshape(B, d, H * W))
+        name = "input" if self.reduce is None else "the reduced input"
+        check_covariance_finite(P, z if self.reduce is not None else x, name, "CovariancePooling",
+                                remedy="use covariance_dtype=torch.float64")
+        return P
 
     def covariance(self, x: torch.Tensor) -> torch.Tensor:
         """The (B, d, d) covariance of the (reduced) features over the H*W positions, in
         ``covariance_dtype`` when that is set."""
-        z = self._reduced(x)
-        with self._wide(z):
-            return self._covariance_of(z)
+        with self._statistics_kept_on_error():
+            z = self._reduced(x)
+            with self._wide(z):
+                return self._covariance_of(z, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pool ``x`` (B, C, H, W) into (B, output_dim), in ``x``'s dtype."""
-        z = self._reduced(x)
-        with self._wide(z):
-            P = self._covariance_of(z)
-            if self.track_condition_number:
-                with torch.no_grad():
-                    self.last_condition_number = svdlib.condition_number(P.detach())
-            Q = svdlib.sqrtm(P, method=self.method, backward=self.backward, **self.options)
-            y = vectorize_symmetric(Q, self.vectorize)
+        with self._statistics_kept_on_error():
+            z = self._reduced(x)
+            with self._wide(z):
+                P = self._covariance_of(z, x)
+                if self.track_condition_number:
+                    with torch.no_grad():
+                        self.last_condition_number = svdlib.condition_number(P.detach())
+                Q = svdlib.sqrtm(P, method=self.method, backward=self.backward, **self.options)
+                y = vectorize_symmetric(Q, self.vectorize)
         return y if self.covariance_dtype is None else y.to(x.dtype)

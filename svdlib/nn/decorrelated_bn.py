@@ -14,7 +14,9 @@ from svdlib.remedies import DEFAULT_MATFUNC_BACKWARD
 
 from ._checks import (
     check_backward,
+    check_covariance_finite,
     check_feature_map,
+    check_finite_input,
     check_method,
     check_nonnegative,
     check_positive_int,
@@ -24,6 +26,9 @@ from ._sync import global_moments, world_size
 __all__ = ["DecorrelatedBatchNorm2d"]
 
 _RUNNING = ("covariance", "whitening_matrix")
+_LAYER = "DecorrelatedBatchNorm2d"
+# compute_dtype only widens the eigendecomposition; the covariance is formed in the input's dtype
+_WIDER = "run the layer in float64 (module.double() and a float64 input)"
 
 
 def _block_layout(num_features: int, group_size: int) -> list[tuple[int, int, int]]:
@@ -254,14 +259,25 @@ class DecorrelatedBatchNorm2d(nn.Module):
         """Per-block means (n, g) and covariances (n, g, g) of the (possibly global) batch."""
         n_local = blocks[0].shape[-1]
         if self._use_sync():
-            count, means, covs = global_moments(blocks, self.process_group)
+            # Checked after the collective: a rank that raised before it would leave the
+            # others waiting; non-finite shared statistics make every rank raise.
+            count, means, covs64 = global_moments(blocks, self.process_group)
             n_total = int(count.item())
             means = [m.to(x.dtype) for m in means]
-            covs = [c.to(x.dtype) for c in covs]
+            covs = [c.to(x.dtype) for c in covs64]
+            if not all(bool(torch.isfinite(c).all()) for c in covs64):
+                check_finite_input(x, "input", _LAYER)
+                raise ValueError(
+                    f"{_LAYER}: the covariance of input (shape {tuple(x.shape)}) shared over the "
+                    "process group is not finite although this process's input is finite: "
+                    "another process had NaN/Inf input"
+                )
         else:
             n_total = n_local
             means = [b.mean(dim=-1) for b in blocks] if n_local else []
             covs = [svdlib.covariance(b) for b in blocks] if n_local >= 2 else []
+        for c in covs:
+            check_covariance_finite(c, x, "input", _LAYER, remedy=_WIDER)
         if n_total < 2:
             raise ValueError(
                 "DecorrelatedBatchNorm2d needs at least 2 values per channel to estimate a "
@@ -301,7 +317,9 @@ class DecorrelatedBatchNorm2d(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Whiten ``x`` of shape (B, C, H, W); returns the same shape and dtype."""
-        check_feature_map(x, "input", self.num_features)
+        check_feature_map(x, "input", self.num_features, _LAYER)
+        if not (self.training and self._use_sync()):     # synced: checked after the collective
+            check_finite_input(x, "input", _LAYER)
         B, C, H, W = x.shape
         X = x.transpose(0, 1).reshape(C, B * H * W)
         blocks = [X[s:s + n * g].reshape(n, g, -1) for s, n, g in self._layout]
