@@ -120,14 +120,18 @@ def test_pade_order_is_resolved_once_into_constants():
 
 
 def _chain_powm(A, p, backward, **options):
-    """The unfused chain of eq. 5-7: Q = U diag(max(lam, floor)^p) U^T through autograd, the
-    eigen backward being eq. 7 with the remedy's K~ (written out here)."""
+    """The unfolded chain of eq. 5-7: Q = U diag(max(lam, floor)^p) U^T through autograd, the
+    eigen backward being eq. 7 with the remedy's K~ (written out here). The forward is
+    svdlib's own (the same eigenpairs, whatever solver the environment installs), so only the
+    backwards are compared."""
+    from svdlib._validation import is_traced
+    from svdlib.eigen import prepare
     from svdlib.matfuncs import default_floor
 
     class Eig(torch.autograd.Function):
         @staticmethod
         def forward(S):
-            return torch.linalg.eigh(S)
+            return svdlib.solvers.solve(S, "torch", traced=is_traced(S))
 
         @staticmethod
         def setup_context(ctx, inputs, output):
@@ -138,7 +142,7 @@ def _chain_powm(A, p, backward, **options):
             lam, U = ctx.saved_tensors
             return _reference_eigen(lam, U, grad_lam, grad_U, backward, **options)
 
-    lam, U = Eig.apply(0.5 * (A + A.transpose(-1, -2)))
+    lam, U = Eig.apply(prepare(A, None, 0.0))
     floor = default_floor(lam, p)
     lam = lam + (torch.maximum(lam, floor) - lam).detach() if floor is not None else lam
     return (U * lam.pow(p).unsqueeze(-2)) @ U.transpose(-1, -2)
