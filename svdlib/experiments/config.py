@@ -20,6 +20,11 @@ profile sections to scale-related fields (data, model size, epochs, schedule, sw
 Values given with ``--set`` are parsed with ``yaml.safe_load`` and type-checked against the
 field annotations (an int is accepted for a float field). Dict fields take dotted keys:
 ``--set remedy_options.degree=19``. Unknown keys are errors that list the valid fields.
+
+The meta layer's ``method``, ``backward``, ``solver`` and ``remedy_options`` are checked when
+the config is built (loading a file, an override, ``replace``), with the same function the
+matrix functions use (:func:`svdlib._options.check_matrix_function_options`): an unknown
+remedy, solver or option, or a value out of range, fails here, not at the first backward.
 """
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from svdlib._registry import DEFAULT_BACKWARD
 
 __all__ = [
     "ExperimentConfig",
@@ -151,10 +158,16 @@ class ExperimentConfig:
     # ----- meta layer ------------------------------------------------------------------------
     method: str = _f("eigh", "Matrix function method of the meta layer: eigh (the SVD spine) or "
                      "newton_schulz (iSQRT-COV).")
-    backward: str = _f("taylor", "Backward remedy name from svdlib.BACKWARDS (exact, clip, taylor, "
+    backward: str = _f(DEFAULT_BACKWARD, "Backward remedy name from svdlib.BACKWARDS (exact, clip, taylor, "
                        "pade, power_iteration, truncate, divided_difference).")
+    solver: str = _f("auto", "Forward eigensolver of the meta layer, a name of svdlib.SOLVERS: auto, "
+                     "torch, cusolver_batched, or power_iteration_forward (the 'PI' baseline, "
+                     "differentiated by autograd; backward is then not used).")
     remedy_options: dict = _f({}, "Keyword options of the remedy, e.g. {degree: 9} (taylor), "
-                              "{threshold: 100} (clip), {iterations: 19} (power_iteration).")
+                              "{k_max: 100} (clip), and of the matrix function: {iterations: 19} "
+                              "(steps of the iterative part in use: Newton-Schulz, the "
+                              "power_iteration_forward solver or the power_iteration remedy), "
+                              "eps, min_eigenvalue, compute_dtype.")
     layer_options: dict = _f({}, "Extra keyword arguments passed to the meta layer's constructor.")
     group_size: int = _f(64, "zca: channels per whitening group (the covariance dimension d).")
     zca_eps: float = _f(1e-2, "zca: eps*I added to the covariance (1e-2 in the ECCV code).")
@@ -211,6 +224,7 @@ class ExperimentConfig:
         _choice("stem", self.stem, STEMS)
         _choice("block_norm", self.block_norm, BLOCK_NORMS)
         _choice("method", self.method, METHODS)
+        self._check_meta_layer()
         _choice("meta_dtype", self.meta_dtype, META_DTYPES)
         for t in self.treatments:
             _choice("treatments", t, TREATMENTS)
@@ -256,6 +270,31 @@ class ExperimentConfig:
                 f"more than a file system allows ({_MAX_FOLDER_NAME}); sweep fewer fields or "
                 "shorter values")
         return self
+
+    def _check_meta_layer(self) -> None:
+        """backward, solver and remedy_options, checked as the matrix function will check them."""
+        import svdlib
+        from svdlib import _options
+
+        if "solver" in self.remedy_options:  # older configs carried the solver in remedy_options
+            import warnings
+
+            options = dict(self.remedy_options)
+            moved = options.pop("solver")
+            if self.solver not in ("auto", moved):
+                raise ValueError(f"solver is given twice: solver={self.solver!r} and "
+                                 f"remedy_options.solver={moved!r}")
+            warnings.warn("remedy_options.solver is deprecated; set the config field 'solver' "
+                          "(see CHANGELOG.md)", FutureWarning, stacklevel=4)
+            self.solver, self.remedy_options = moved, options
+        _choice("backward", self.backward, tuple(svdlib.BACKWARDS))
+        self.solver = svdlib.solvers.canonical_name(self.solver)
+        _choice("solver", self.solver, ("auto", *svdlib.SOLVERS))
+        try:
+            _options.check_matrix_function_options(self.method, self.backward,
+                                                   {**self.remedy_options, "solver": self.solver})
+        except ValueError as exc:
+            raise ValueError(f"remedy_options: {exc}") from None
 
     @property
     def effective_stem_width(self) -> int:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import svdlib
+from svdlib._options import check_matrix_function_options
 from svdlib.remedies import DEFAULT_MATFUNC_BACKWARD
 
 from svdlib._validation import is_traced
@@ -148,6 +149,7 @@ class CovariancePooling(nn.Module):
         self.backward = check_backward(backward)
         self.track_condition_number = bool(track_condition_number)
         self.options = dict(options)
+        check_matrix_function_options(self.method, self.backward, self.options)
         d = self.dim
         self.output_dim = d * (d + 1) // 2 if vectorize == "triu" else d * d
         self.last_condition_number: torch.Tensor | None = None

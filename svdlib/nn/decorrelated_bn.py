@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import svdlib
+from svdlib._options import check_matrix_function_options
 from svdlib.remedies import DEFAULT_MATFUNC_BACKWARD
 
 from ._checks import (
@@ -69,7 +70,7 @@ class DecorrelatedBatchNorm2d(nn.Module):
         batched call, so no padding can change the result.
     eps : float, default 1e-2
         ``eps * I`` is added to every batch covariance before the inverse square root. The
-        default is the ECCV 2022 code's value (DESIGN.md); it bounds the whitening gain at
+        default is the ECCV 2022 code's value; it bounds the whitening gain at
         ``eps**-0.5`` on rank-deficient batches. With ``eps > 0`` the whitened covariance is
         Sigma (Sigma + eps I)^{-1}, not exactly I; pass ``eps=0`` for exact whitening.
     momentum : float or None, default 0.1
@@ -180,6 +181,8 @@ class DecorrelatedBatchNorm2d(nn.Module):
         self.sync = sync
         self.track_condition_number = bool(track_condition_number)
         self.remedy_options = dict(remedy_options)
+        # fail here, not at the first forward: the checks svdlib.inv_sqrtm will make
+        check_matrix_function_options(self.method, self.backward, self.remedy_options, extra={"eps": self.eps})
         self._layout = _block_layout(num_features, group_size)
         self.last_condition_number: torch.Tensor | None = None
         self._eval_cache: tuple | None = None
