@@ -253,9 +253,8 @@ class CovariancePooling(nn.Module):
             return compute_dtype_under_autocast(z)
         return None
 
-    def _covariance_of(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _covariance_of(self, z: torch.Tensor, x: torch.Tensor, wide: torch.dtype | None) -> torch.Tensor:
         B, d, H, W = z.shape
-        wide = self._wide_dtype(z)
         if wide is not None:
             z = z.to(wide)
         P = svdlib.covariance(z.reshape(B, d, H * W))
@@ -269,8 +268,9 @@ class CovariancePooling(nn.Module):
         ``covariance_dtype`` when that is set (float32 under autocast)."""
         with self._statistics_kept_on_error():
             z = self._reduced(x)
-            with autocast_off(z, self._wide_dtype(z) is not None):
-                return self._covariance_of(z, x)
+            wide = self._wide_dtype(z)
+            with autocast_off(z, wide is not None):
+                return self._covariance_of(z, x, wide)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pool ``x`` (B, C, H, W) into (B, output_dim), in ``x``'s dtype (the autocast dtype
@@ -286,7 +286,7 @@ class CovariancePooling(nn.Module):
             z = self._reduced(x)
             wide = self._wide_dtype(z)
             with autocast_off(z, wide is not None):
-                P = self._covariance_of(z, x)
+                P = self._covariance_of(z, x, wide)
                 if self.track_condition_number and not exporting():
                     with torch.no_grad():
                         self.last_condition_number = svdlib.condition_number(P.detach())
