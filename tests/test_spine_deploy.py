@@ -118,7 +118,7 @@ def test_spine_under_autocast_computes_in_float32_and_returns_the_autocast_dtype
     assert got.dtype == dtype
     u = torch.finfo(dtype).eps / 2
     err = (got.double() - exact).abs()
-    # float32 error of the computation: measured <= 1e-6 max|exact| (Newton-Schulz with 12
+    # float32 error of the computation: measured <= 2.5e-6 max|exact| (Newton-Schulz with 12
     # iterations has converged on this spectrum: 4e-15 off in float64)
     assert (err <= u * exact.abs() * 1.001 + 1e-5 * exact.abs().max()).all()
 
