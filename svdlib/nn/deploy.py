@@ -12,12 +12,13 @@ Frobenius error of the root is sqrt(sum_i (sqrt(a_i) - y_K(a_i))^2) <= sqrt(d) E
 E_K = sup_a |sqrt(a) - y_K(a)| (:func:`newton_schulz_sup_error`: 6.2e-4 for K = 15, 8.2e-5
 for K = 20, shrinking by 2/3 per iteration). That bound is for exact arithmetic. In float32 a
 singular covariance (fewer positions than channels, dead ReLU channels) has eigenvalues of
-about -1e-7 lam_max from rounding, which the iteration amplifies by 2.25 per step: the error
-grows again after about 15-20 iterations and the result overflows after 25-30. Hence 15
-iterations, which measured within 3e-5 of the float64 root (relative Frobenius) on float32
-covariances of d = 16-256 channels from N = 9-4096 positions, singular or not; float32
-``eigh`` itself was within 1.4e-3 of it on the singular ones (its eigenvalue floor) and
-within 1e-6 on regular ones (README, "Deploying a trained model").
+about -1e-7 lam_max from rounding, which the iteration multiplies by 9/4 per step: the error
+grows again after 15-20 iterations and overflows to NaN by 30 (measured on a 32-channel
+covariance of 16 positions: 1.5e-5 after 15 iterations, 1.1e-4 after 20, 0.24 after 25).
+Hence 15 iterations, measured within 1.1e-5 of the float64 root (relative Frobenius) on
+float32 covariances of d = 16-64 channels from N = 9-1024 positions, singular or not, where
+float32 ``eigh`` itself was 5e-4 to 7e-4 off on the singular ones (its eigenvalue floor)
+(tests/test_nn_deploy.py).
 """
 from __future__ import annotations
 
