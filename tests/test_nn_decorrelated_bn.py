@@ -394,7 +394,7 @@ def _trained(C=7, group_size=3, steps=3, dtype=F64, **kwargs) -> DecorrelatedBat
 @pytest.mark.parametrize("running", ["covariance", "whitening_matrix"])
 @pytest.mark.parametrize("group_size,affine", [(3, True), (7, False), (4, True)])
 def test_eval_output_equals_the_uncached_whitening(running, group_size, affine):
-    """Eval mode is the grouped 1x1 convolution with weight diag(gamma) S and bias
+    """Eval mode is one batched product with weight diag(gamma) S and bias
     beta - diag(gamma) S mu: equal to gamma * S (x - mu) + beta from an independent float64
     eigendecomposition of the running covariance (groups 3+3+1, 7, 4+3)."""
     bn = _trained(group_size=group_size, affine=affine, running=running).eval()

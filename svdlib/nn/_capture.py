@@ -22,7 +22,11 @@ def capturing() -> bool:
 def exporting() -> bool:
     """True while a graph is recorded for deployment (torch.export, ONNX, TorchScript): the
     Python side effects of a call (attributes set on the module) would hold tracer values."""
-    return torch.compiler.is_exporting() or torch.jit.is_tracing() or onnx_exporting()
+    return _is_exporting() or torch.jit.is_tracing() or onnx_exporting()
+
+
+# torch.compiler.is_exporting is newer than torch 2.4 (the oldest torch svdlib supports)
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
 @torch.compiler.assume_constant_result

@@ -6,7 +6,6 @@ with the Orthogonality (ECCV 2022), appendix B.1, eq. 43.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import svdlib
@@ -137,10 +136,10 @@ class DecorrelatedBatchNorm2d(nn.Module):
     Notes
     -----
     Eval mode is one fixed linear map per group, y = diag(gamma) S (x - mu_run) + beta with
-    S = (Sigma_run + eps I)^{-1/2}, computed as a grouped 1x1 convolution whose weight and bias
-    are formed from the buffers ``eval_whitening``, ``running_mean`` and the affine parameters.
-    No eigendecomposition runs in an eval forward, so ``torch.export``, ``torch.compile`` and
-    the ONNX exporters record a convolution with those buffers as inputs. S is recomputed
+    S = (Sigma_run + eps I)^{-1/2}, computed as one batched matrix product whose weight and
+    bias are formed from the buffers ``eval_whitening``, ``running_mean`` and the affine
+    parameters. No eigendecomposition runs in an eval forward, so ``torch.export``,
+    ``torch.compile`` and the ONNX exporters record a product with those buffers as inputs. S is recomputed
     whenever the running statistics change: on the switch to eval mode after training steps
     (``train(False)``/``eval()``), after ``load_state_dict``, ``reset_running_stats``,
     ``.to()``/``.double()``/``.cuda()`` (from the converted statistics, not by converting S),
@@ -462,20 +461,25 @@ class DecorrelatedBatchNorm2d(nn.Module):
         return y.contiguous()
 
     def _eval_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """y = diag(gamma) S (x - mu) + beta per group, as a grouped 1x1 convolution with
-        weight diag(gamma) S and bias beta - diag(gamma) S mu."""
+        """y = diag(gamma) S (x - mu) + beta per group, as one batched product of the folded
+        weight diag(gamma) S (n, g, g) with the input viewed as (B, n, g, H*W) (no transposes;
+        on CPU a grouped 1x1 convolution was 10-30x slower), plus the folded bias
+        beta - diag(gamma) S mu."""
+        B, C, H, W = x.shape
         pieces = []
         for (s, n, g), S in zip(self._layout, self._eval_matrices(x)):
             mean = self.running_mean[s:s + n * g].reshape(n, g, 1).to(S.dtype)
             weight = S
             if self.affine:
                 weight = self.weight[s:s + n * g].reshape(n, g, 1).to(S.dtype) * S
-            bias = -(weight @ mean).reshape(n * g)
+            bias = -(weight @ mean)
             if self.affine:
-                bias = bias + self.bias[s:s + n * g].to(S.dtype)
+                bias = bias + self.bias[s:s + n * g].reshape(n, g, 1).to(S.dtype)
             xs = x if len(self._layout) == 1 else x[:, s:s + n * g]
-            pieces.append(F.conv2d(xs, weight.reshape(n * g, g, 1, 1).to(x.dtype), bias.to(x.dtype), groups=n))
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+            y = torch.matmul(weight.to(x.dtype), xs.reshape(B, n, g, H * W)) + bias.to(x.dtype)
+            pieces.append(y.reshape(B, n * g, H * W))
+        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        return out.reshape(B, C, H, W)
 
 
 def _weight(factor, buf: torch.Tensor):
