@@ -2,6 +2,7 @@
 Alg. 2; orthogonality paper eq. 43), checked against independent references."""
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -521,3 +522,16 @@ def test_eval_under_inference_mode_then_with_autograd():
     assert torch.equal(y.detach(), y_inference)
     (gx,) = torch.autograd.grad((y * y.detach()).sum(), xr)
     assert gx.isfinite().all() and gx.abs().max() > 0
+
+
+def test_training_mode_exports_with_the_cumulative_average():
+    """momentum=None divides by the batch count: a tensor in the graph, not a Python float
+    read from it, so the exported training step keeps averaging over every batch it sees."""
+    eager = DecorrelatedBatchNorm2d(5, group_size=3, momentum=None).double()
+    program = torch.export.export(copy.deepcopy(eager), (_mixed_input(C=5, seed=70),)).module()
+    for seed in (71, 72, 73):
+        x = _mixed_input(C=5, seed=seed)
+        assert torch.allclose(program(x), eager(x), atol=1e-12)
+    for name in ("running_mean", "running_covariance", "running_covariance_tail", "num_batches_tracked"):
+        assert torch.allclose(getattr(program, name).double(), getattr(eager, name).double(), atol=1e-13), name
+    assert int(eager.num_batches_tracked) == 3
