@@ -195,3 +195,19 @@ def test_compiled_eval_model_on_cuda_does_not_synchronise(trained):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_readme_deployment_example_runs(repo_root, tmp_path, monkeypatch, capsys):
+    """README "Deploying a trained model": the code runs as written and prints True twice."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    readme = (repo_root / "README.md").read_text()
+    section = readme.split("## Deploying a trained model", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)                        # it writes model.pt2 and model.onnx
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(code, "README.md", "exec"), {})
+    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("[torch.onnx]")]
+    assert printed == ["True", "True"], printed
+    assert (tmp_path / "model.pt2").is_file() and (tmp_path / "model.onnx").is_file()
