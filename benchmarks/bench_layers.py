@@ -87,7 +87,6 @@ STEP_VARIANTS = {
 
 def time_layers(device, shape, timer_opts) -> dict:
     """Forward+backward (training mode) of each layer variant and of BatchNorm2d."""
-    B, d, H, W = shape
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g).to(device)
     grad_y = torch.randn(shape, generator=g).to(device)
@@ -102,13 +101,19 @@ def time_layers(device, shape, timer_opts) -> dict:
             return torch.autograd.grad(layer(xr), [xr, *params], grad_y)
         return run
 
-    t("batchnorm2d", fwd_bwd(nn.BatchNorm2d(d)))
-    for name, make in LAYER_VARIANTS.items():
-        t(f"dbn_{name}", fwd_bwd(make(d)))
+    return _against_batchnorm(t, shape, LAYER_VARIANTS, fwd_bwd)
+
+
+def _against_batchnorm(t, shape, variants, runner) -> dict:
+    """Time ``runner(layer)`` for BatchNorm2d and every variant; ratios to BatchNorm2d."""
+    d = shape[1]
+    t("batchnorm2d", runner(nn.BatchNorm2d(d)))
+    for name, make in variants.items():
+        t(f"dbn_{name}", runner(make(d)))
     bn = t.median("batchnorm2d")
     return {
         "shape": list(shape),
-        "ratios": {name: ratio(t.median(f"dbn_{name}"), bn) for name in LAYER_VARIANTS},
+        "ratios": {name: ratio(t.median(f"dbn_{name}"), bn) for name in variants},
         "times_ms": {k: v["median_ms"] for k, v in t.results.items()},
         "timing_detail": t.results,
     }
@@ -124,7 +129,6 @@ EVAL_VARIANTS = {
 def time_eval(device, shape, timer_opts) -> dict:
     """Eval-mode forward (no autograd) of the decorrelated BN variants and of BatchNorm2d,
     after one training batch so the running statistics are not the identity."""
-    B, d, H, W = shape
     g = torch.Generator().manual_seed(2)
     x = torch.randn(shape, generator=g).to(device)
     t = Timer(device, **timer_opts)
@@ -140,16 +144,7 @@ def time_eval(device, shape, timer_opts) -> dict:
                 return layer(x)
         return run
 
-    t("batchnorm2d", forward(nn.BatchNorm2d(d)))
-    for name, make in EVAL_VARIANTS.items():
-        t(f"dbn_{name}", forward(make(d)))
-    bn = t.median("batchnorm2d")
-    return {
-        "shape": list(shape),
-        "ratios": {name: ratio(t.median(f"dbn_{name}"), bn) for name in EVAL_VARIANTS},
-        "times_ms": {k: v["median_ms"] for k, v in t.results.items()},
-        "timing_detail": t.results,
-    }
+    return _against_batchnorm(t, shape, EVAL_VARIANTS, forward)
 
 
 def _resnet(kind, quick, make_layer=None):

@@ -18,7 +18,6 @@ import pytest
 import torch
 from torch import nn
 
-import svdlib
 from svdlib.nn import CovariancePooling, DecorrelatedBatchNorm2d, onnx_ready
 
 EIGEN_OPS = ("eigh", "eigvalsh", "linalg", "svd")
