@@ -24,7 +24,9 @@ def test_sup_error_shrinks_by_two_thirds_per_iteration():
     """Far from convergence a small eigenvalue ratio a grows by 3/2 per step (t ~ 3/2), so the
     worst a moves down by 9/4 and the worst error sqrt(a) - y_K by 2/3 per iteration."""
     E = {K: newton_schulz_sup_error(K) for K in (10, 15, 20, 21, 30)}
-    assert 6.1e-4 < E[15] < 6.3e-4 and 8.1e-5 < E[20] < 8.3e-5     # the numbers the docs quote
+    # the numbers the docs quote; measured 6.205e-4 and 8.171e-5 (a float64 evaluation on a
+    # fixed grid: rounding moves it by ~1e-15, so the 1.5% interval is not a bet on rounding)
+    assert 6.1e-4 < E[15] < 6.3e-4 and 8.1e-5 < E[20] < 8.3e-5
     assert 0.64 < E[21] / E[20] < 0.69
     assert abs(E[30] / E[20] - (2 / 3) ** 10) / (2 / 3) ** 10 < 0.1
 
