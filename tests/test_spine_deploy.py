@@ -33,8 +33,9 @@ def _matrices(dtype=F64, requires_grad=False):
     return matrix_with_spectrum(lam, seed=3).to(dtype).requires_grad_(requires_grad)
 
 
-def _close(got, expected, atol):
-    return all(torch.allclose(g, e, atol=atol, rtol=0) for g, e in zip(got, expected))
+def _close(got, expected, rel):
+    """Every output within ``rel`` of the largest entry of its expected value."""
+    return all((g - e).abs().max() <= rel * e.abs().max() for g, e in zip(got, expected))
 
 
 @pytest.mark.parametrize("inference", [False, True])
@@ -45,8 +46,8 @@ def test_spine_exports_and_the_program_computes_the_same(inference):
     with context:
         program = torch.export.export(_Spine(), (A,))
         got = program.module()(A)
-    # the same kernels, but svdlib's checks and any solver perturbation run eagerly only
-    assert _close(got, expected, atol=1e-12)           # measured 0 (1e-15 perturbed)
+    # the same kernels; a solver perturbation (tests/_perturb.py) acts on eager calls only
+    assert _close(got, expected, rel=1e-10)            # measured 0 (1.1e-13 perturbed)
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert any("eigh" in t for t in targets)
 
@@ -64,7 +65,7 @@ def test_spine_compiles_fullgraph_with_the_remedied_gradient():
     compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
     (g_compiled,) = torch.autograd.grad(compiled(A), A)
     (g_eager,) = torch.autograd.grad(loss(A), A)
-    assert torch.allclose(g_compiled, g_eager, atol=1e-10, rtol=0)   # measured 0
+    assert _close([g_compiled], [g_eager], rel=1e-10)  # measured 0 (3.3e-13 perturbed)
     # torch's exact eigh backward differs here (the cluster 0.3, 0.31 meets Taylor's K~)
     A2 = A.detach().clone().requires_grad_(True)
     lam, U = torch.linalg.eigh(A2)
@@ -75,11 +76,11 @@ def test_spine_compiles_fullgraph_with_the_remedied_gradient():
 
 
 def test_spine_compiles_fullgraph_under_inference_mode():
-    A = _matrices(dtype=torch.float32)
+    A = _matrices()
     expected = _Spine()(A)
     with torch.inference_mode():
         got = torch.compile(_Spine(), fullgraph=True, backend="aot_eager")(A)
-    assert _close(got, expected, atol=1e-5)            # float32; measured 0
+    assert _close(got, expected, rel=1e-10)            # measured 0 (1.1e-13 perturbed)
 
 
 # ----------------------------------------------------------------------------- autocast
