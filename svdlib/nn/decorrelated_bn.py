@@ -139,14 +139,16 @@ class DecorrelatedBatchNorm2d(nn.Module):
     S = (Sigma_run + eps I)^{-1/2}, computed as one batched matrix product whose weight and
     bias are formed from the buffers ``eval_whitening``, ``running_mean`` and the affine
     parameters. No eigendecomposition runs in an eval forward, so ``torch.export``,
-    ``torch.compile`` and the ONNX exporters record a product with those buffers as inputs. S is recomputed
-    whenever the running statistics change: on the switch to eval mode after training steps
-    (``train(False)``/``eval()``), after ``load_state_dict``, ``reset_running_stats``,
-    ``.to()``/``.double()``/``.cuda()`` (from the converted statistics, not by converting S),
-    and, in an eager eval forward, after any other in-place change of the running buffers. A
-    traced eval forward whose S is out of date (the running statistics changed while the
-    layer was in eval mode and no eager call followed) raises instead of recording a stale
-    matrix. Training mode exports and compiles too, but ONNX has no eigendecomposition:
+    ``torch.compile`` and the ONNX exporters record a product with those buffers as inputs.
+    S is recomputed whenever the running statistics change: on the switch to eval mode after
+    training steps (``train(False)``/``eval()``), after ``load_state_dict``,
+    ``reset_running_stats``, ``.to()``/``.double()``/``.cuda()`` (from the converted
+    statistics, not by converting S), and, in an eager eval forward, after any other in-place
+    change of the running buffers. A traced eval forward raises instead of recording a stale
+    S when the layer knows it is out of date (``training`` set to False by hand after
+    training steps, or running statistics that are not finite); an in-place edit of the
+    running buffers behind the layer's back is seen only by the next eager call or
+    ``eval()``. Training mode exports and compiles too, but ONNX has no eigendecomposition:
     export for ONNX in eval mode.
 
     Under ``torch.autocast`` the layer computes in float32 with autocast off (the inverse
@@ -331,17 +333,20 @@ class DecorrelatedBatchNorm2d(nn.Module):
     @torch.no_grad()
     def _update_running(self, means, covs, whitening) -> None:
         self.num_batches_tracked.add_(1)
-        if self.momentum is None:   # a tensor, so compiled and exported graphs keep the count
-            factor = self.num_batches_tracked.reciprocal()
-        else:
-            factor = self.momentum
         mean = torch.cat([m.reshape(-1) for m in means])
-        self.running_mean.lerp_(mean.to(self.running_mean.dtype), _weight(factor, self.running_mean))
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), self._factor(self.running_mean))
         stats = covs if self.running == "covariance" else whitening
         for name, stat in zip(self._running_names(), stats):
             buf = getattr(self, name)
-            buf.lerp_(stat.detach().to(buf.dtype), _weight(factor, buf))
+            buf.lerp_(stat.detach().to(buf.dtype), self._factor(buf))
         self._eval_stale = True
+
+    def _factor(self, buf: torch.Tensor):
+        """lerp_ weight: momentum, or 1 / (batches seen) for the cumulative average, as a
+        tensor in ``buf``'s dtype (compiled and exported graphs keep the count a tensor)."""
+        if self.momentum is None:
+            return self.num_batches_tracked.to(buf.dtype).reciprocal()
+        return self.momentum
 
     # ------------------------------------------------------------- eval whitening
     def _signature(self) -> tuple:
@@ -481,7 +486,3 @@ class DecorrelatedBatchNorm2d(nn.Module):
         out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
         return out.reshape(B, C, H, W)
 
-
-def _weight(factor, buf: torch.Tensor):
-    """lerp_ weight: a Python number, or a tensor in ``buf``'s dtype."""
-    return factor.to(buf.dtype) if isinstance(factor, torch.Tensor) else factor
