@@ -20,7 +20,9 @@ def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The autocast dtype in force for ``x``'s device, or None when autocast is off there or
     ``x`` is float64 (which autocast leaves alone)."""
     device_type = x.device.type
-    if x.dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
+    if x.dtype == torch.float64 or not torch.amp.is_autocast_available(device_type):
+        return None                                   # e.g. "meta": no autocast there
+    if not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type)
 

@@ -362,8 +362,20 @@ class DecorrelatedBatchNorm2d(nn.Module):
         """The running statistics were replaced: recompute eval_whitening now if the layer is
         in eval mode, else on the switch to eval mode (training steps would only redo it)."""
         self._eval_stale = True
-        if not self.training and not capturing():
+        if not self.training:
+            self._try_refresh()
+
+    def _try_refresh(self) -> None:
+        """Bring eval_whitening up to date where the statistics change (mode switch,
+        conversion, loading); an error there (statistics the spine refuses, uninitialised
+        memory after ``to_empty``) is left for the next eval forward to report, with the
+        layer's name, instead of breaking ``.to()`` or ``eval()``."""
+        if capturing():
+            return
+        try:
             self._refresh_eval_whitening()
+        except (ValueError, RuntimeError):
+            self._eval_stale = True
 
     def _refresh_eval_whitening(self) -> bool:
         """Recompute eval_whitening = (Sigma_run + eps I)^{-1/2} in place if it is out of date.
@@ -410,8 +422,8 @@ class DecorrelatedBatchNorm2d(nn.Module):
     def train(self, mode: bool = True):
         """Switch mode; switching to eval mode brings eval_whitening up to date."""
         super().train(mode)
-        if not mode and not capturing():
-            self._refresh_eval_whitening()
+        if not mode:
+            self._try_refresh()
         return self
 
     def _apply(self, fn, recurse=True):
