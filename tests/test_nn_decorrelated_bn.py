@@ -536,3 +536,16 @@ def test_training_mode_exports_with_the_cumulative_average():
     for name in ("running_mean", "running_covariance", "running_covariance_tail", "num_batches_tracked"):
         assert torch.allclose(getattr(program, name).double(), getattr(eager, name).double(), atol=1e-13, rtol=0), name
     assert int(eager.num_batches_tracked) == 3
+
+
+def test_deferred_initialisation_on_meta_then_load():
+    """Built on the meta device (no memory), switched to eval, materialised with to_empty and
+    loaded: the eval whitening matrix follows the loaded statistics."""
+    trained = _trained().eval()
+    bn = DecorrelatedBatchNorm2d(7, group_size=3, device="meta", dtype=F64).eval()
+    assert bn._eval_stale                              # nothing to compute on meta tensors
+    bn = bn.to_empty(device="cpu")
+    bn.load_state_dict(trained.state_dict())
+    assert not bn._eval_stale
+    x = _mixed_input(B=2, C=7, seed=69)
+    assert torch.allclose(bn(x), trained(x), atol=1e-13, rtol=0)
