@@ -1,4 +1,4 @@
-"""Layers built on the svdlib spine (DESIGN.md, "Layers").
+"""Layers built on the svdlib spine.
 
 * :class:`DecorrelatedBatchNorm2d`: group-wise ZCA whitening (Robust Differentiable SVD,
   Alg. 2), with statistics shared across processes under torch.distributed;

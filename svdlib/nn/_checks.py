@@ -1,5 +1,5 @@
-"""Argument checks shared by the layers of :mod:`svdlib.nn` (DESIGN.md, "Reliability and
-safety rules"): every message names the argument, the expected and the received value."""
+"""Argument checks shared by the layers of :mod:`svdlib.nn`: every message names the
+argument, the expected and the received value."""
 from __future__ import annotations
 
 import numbers

@@ -77,7 +77,7 @@ class DecorrelatedBatchNorm2d(nn.Module):
         batched call, so no padding can change the result.
     eps : float, default 1e-2
         ``eps * I`` is added to every batch covariance before the inverse square root. The
-        default is the ECCV 2022 code's value (DESIGN.md); it bounds the whitening gain at
+        default is the ECCV 2022 code's value; it bounds the whitening gain at
         ``eps**-0.5`` on rank-deficient batches. With ``eps > 0`` the whitened covariance is
         Sigma (Sigma + eps I)^{-1}, not exactly I; pass ``eps=0`` for exact whitening.
     momentum : float or None, default 0.1
