@@ -5,7 +5,8 @@ The model is ``Conv2d -> DecorrelatedBatchNorm2d(16, group_size=6) -> ReLU ->
 CovariancePooling(16, reduced_dim=8)`` after three SGD steps (groups 6 + 6 + 4, so the smaller
 last group is exercised). Compiled graphs use the ``aot_eager`` backend: dynamo's capture and
 AOTAutograd (functionalised buffers, the backward graph) without inductor's C++ code
-generation, which takes minutes on a 2-core CPU; ``SVDLIB_SLOW_TESTS=1`` adds inductor.
+generation (20 s idle, 2 minutes under load on a 2-core CPU); ``SVDLIB_SLOW_TESTS=1`` adds
+inductor.
 """
 from __future__ import annotations
 
@@ -172,8 +173,8 @@ def test_onnx_export_of_training_mode_decorrelated_bn_says_to_call_eval():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("SVDLIB_SLOW_TESTS"), reason="inductor compiles C++ for "
-                    "minutes on a 2-core CPU; set SVDLIB_SLOW_TESTS=1 (aot_eager runs by default)")
+@pytest.mark.skipif(not os.environ.get("SVDLIB_SLOW_TESTS"), reason="inductor compiles C++: 20 s "
+                    "to 2 min on a 2-core CPU; set SVDLIB_SLOW_TESTS=1 (aot_eager runs by default)")
 def test_torch_compile_fullgraph_with_inductor(trained):
     x = _batch(40, B=2)
     compiled = torch.compile(copy.deepcopy(trained), fullgraph=True)
