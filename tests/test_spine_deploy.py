@@ -84,8 +84,6 @@ def test_spine_compiles_fullgraph_under_inference_mode():
 
 
 # ----------------------------------------------------------------------------- autocast
-_SPINE_CHANGE = ("needs spine change: svdlib.powm/svdlib.eigh must switch autocast off, compute "
-                 "in float32 (or compute_dtype) and return the autocast dtype")
 
 FUNCTIONS = {
     "sqrtm": lambda A, **kw: svdlib.sqrtm(A, **kw),
@@ -102,7 +100,6 @@ def _covariances(device="cpu"):
     return matrix_with_spectrum(lam, seed=5).to(device)
 
 
-@pytest.mark.xfail(strict=True, reason=_SPINE_CHANGE)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", list(FUNCTIONS))
@@ -124,7 +121,6 @@ def test_spine_under_autocast_computes_in_float32_and_returns_the_autocast_dtype
     assert (err <= u * exact.abs() * 1.001 + 1e-5 * exact.abs().max()).all()
 
 
-@pytest.mark.xfail(strict=True, reason=_SPINE_CHANGE)
 def test_spine_under_autocast_honours_compute_dtype():
     A = _covariances()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -17,7 +17,7 @@ from svdlib.remedies import DEFAULT_MATFUNC_BACKWARD
 
 from svdlib._validation import is_traced
 
-from ._autocast import autocast_dtype, autocast_off, compute_dtype_under_autocast
+from .._autocast import autocast_dtype, autocast_off, compute_dtype_under_autocast
 from ._capture import exporting, onnx_exporting
 from ._checks import (
     check_backward,

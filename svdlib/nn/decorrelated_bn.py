@@ -12,7 +12,7 @@ import svdlib
 from svdlib._options import check_matrix_function_options
 from svdlib.remedies import DEFAULT_MATFUNC_BACKWARD
 
-from ._autocast import autocast_dtype, autocast_off, compute_dtype_under_autocast
+from .._autocast import autocast_dtype, autocast_off, compute_dtype_under_autocast
 from ._capture import capturing, exporting, onnx_exporting
 from ._checks import (
     check_backward,
