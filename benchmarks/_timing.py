@@ -1,10 +1,11 @@
 """Shared helpers of the benchmark scripts: timing, environment, tables, atomic JSON.
 
-Timing follows ../shared/GPU.md: warm up first (this also triggers torch.compile and
-cuSOLVER handle creation), then time many repetitions and keep the median. On CUDA every
-repetition is bracketed by CUDA events on the current stream (GPU time, host launches
-included); on CPU by ``time.perf_counter``. The number of repetitions adapts to a time
-budget so a 1.5 s call and a 50 us call are both measured in bounded time.
+Timing: warm up first (this also triggers torch.compile and cuSOLVER handle creation), then
+time many repetitions and keep the median. On CUDA every repetition is bracketed by CUDA
+events on the current stream (GPU time, host launches included); on CPU by
+``time.perf_counter``. The number of repetitions adapts to a time budget so a 1.5 s call and
+a 50 us call are both measured in bounded time. Two functions whose ratio is a target
+(svdlib.eigh vs torch.linalg.eigh) are timed in alternation instead (:func:`time_pair`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 __all__ = [
     "Timer",
     "time_call",
+    "time_pair",
     "environment",
     "device_label",
     "default_result_path",
@@ -88,6 +90,57 @@ def time_call(
         "p75_ms": q[2],
         "reps": len(samples),
     }
+
+
+def time_pair(fn_a: Callable[[], Any], fn_b: Callable[[], Any], device: torch.device | str, *,
+              warmup: int = 10, min_pairs: int = 200, max_pairs: int = 5000, budget_s: float = 1.0,
+              calls: int = 3) -> dict:
+    """Time ``fn_a`` and ``fn_b`` in alternation and return the median of the paired ratios b/a.
+
+    Each pair runs ``calls`` calls of one function then ``calls`` of the other, alternating
+    which goes first, so slow drifts of a shared machine (other jobs, clock changes) hit both
+    alike; the ratio of a pair is taken before the median. On CUDA each block is bracketed by
+    CUDA events; on CPU it is the CPU time of this thread (``time.thread_time``), so time the
+    thread spends descheduled does not count. Returns ``{"a_median_ms", "b_median_ms",
+    "ratio_median", "ratio_p25", "ratio_p75", "pairs", "clock"}``.
+    """
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+
+    def block(fn):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            return start.elapsed_time(end) / calls
+        t0 = time.thread_time_ns()
+        for _ in range(calls):
+            fn()
+        return (time.thread_time_ns() - t0) / 1e6 / calls
+
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    _sync(device)
+    t_a, t_b, ratios = [], [], []
+    deadline = time.perf_counter() + budget_s
+    while len(ratios) < max_pairs and (len(ratios) < min_pairs or time.perf_counter() < deadline):
+        if len(ratios) % 2:
+            b = block(fn_b)
+            a = block(fn_a)
+        else:
+            a = block(fn_a)
+            b = block(fn_b)
+        t_a.append(a)
+        t_b.append(b)
+        ratios.append(b / a if a > 0 else math.inf)
+    q = statistics.quantiles(ratios, n=4)
+    return {"a_median_ms": statistics.median(t_a), "b_median_ms": statistics.median(t_b),
+            "ratio_median": statistics.median(ratios), "ratio_p25": q[0], "ratio_p75": q[2],
+            "pairs": len(ratios), "clock": "cuda events" if cuda else "thread CPU time"}
 
 
 class Timer:

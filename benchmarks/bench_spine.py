@@ -2,14 +2,16 @@
 
 1. Correctness first (exit status 2 if anything is wrong): on batches with a known spectrum,
    eigenvalues, reconstruction and orthogonality of every eigensolver timed below, and the
-   square-root gradient of the taylor / pade / divided_difference backwards (reference
-   autograd chain and svdlib.fused) against a float64 reference computed independently from
-   the known eigenpairs.
+   square-root gradient of the taylor / pade / divided_difference backwards (svdlib.sqrtm,
+   compiled as chosen and eager) against a float64 reference computed independently from the
+   known eigenpairs; the eigh backward stage against eq. 7 written out.
 2. Timing, float32 and float64, batch x n in 256x64, 256x128, 256x256, 16x512 on a GPU
-   (32x16, 32x32 on CPU or with --quick): torch.linalg.eigh forward; svdlib.eigh forward
-   (solver "auto"); bare cuSOLVER XsyevBatched when available; Newton-Schulz square root
-   (5 iterations, autograd) forward+backward; svdlib.sqrtm forward+backward and backward alone
-   with each backward, reference and fused; the remedy backward alone, eager and fused.
+   (32x16, 32x32 on CPU or with --quick): torch.linalg.eigh forward and svdlib.eigh forward
+   (solver "auto") timed in alternation, so their ratio is the median of paired ratios; bare
+   cuSOLVER XsyevBatched when available; Newton-Schulz square root (5 iterations, autograd)
+   forward+backward; svdlib.sqrtm forward+backward and backward alone with each backward
+   ("fused": with --compile's choice); the unfolded chain of eq. 5-7 for taylor; the remedy
+   backward alone, eager and with --compile's choice.
 3. A table of ratios, printed last, and JSON with ratios, raw medians and the environment:
    benchmarks/results/<device>-<date>.json, or --out.
 
@@ -17,6 +19,7 @@ Run from the repository root::
 
     python benchmarks/bench_spine.py            # full sizes on CUDA, small sizes on CPU
     python benchmarks/bench_spine.py --quick    # seconds, any machine
+    python benchmarks/bench_spine.py --eigh-only --quick   # only svdlib.eigh vs torch.linalg.eigh
 
 See benchmarks/README.md for the targets and how to run it on an H100/H200.
 """
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import svdlib  # noqa: E402
 from svdlib import _cusolver, fused, remedies  # noqa: E402
-from svdlib.divided_difference import divided_difference_matrix, spectral_backward  # noqa: E402
+from svdlib.divided_difference import divided_difference_matrix  # noqa: E402
 from svdlib.matfuncs import default_floor  # noqa: E402
 
 from _timing import (  # noqa: E402
@@ -46,6 +49,7 @@ from _timing import (  # noqa: E402
     finite_or_none,
     format_table,
     ratio,
+    time_pair,
     write_json_atomic,
 )
 
@@ -115,8 +119,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def check_correctness(device: torch.device, dtypes: list[str], compile_flag="auto", batch: int = 8,
-                      n: int = 32) -> dict:
-    """Run every check; return {"passed": bool, "checks": [...], "info": {...}}."""
+                      n: int = 32, eigh_only: bool = False) -> dict:
+    """Run every check (the eigensolvers' only with ``eigh_only``); return
+    {"passed": bool, "checks": [...], "info": {...}}."""
     A64, lam64, Q64 = known_spectrum(batch, n)
     g = torch.Generator().manual_seed(2)
     G64 = torch.randn(batch, n, n, generator=g, dtype=torch.float64)
@@ -146,27 +151,30 @@ def check_correctness(device: torch.device, dtypes: list[str], compile_flag="aut
                    _rel((U * lam.unsqueeze(-2)) @ U.transpose(-1, -2), A.double().cpu()), 50 * n * eps)
             record(f"{dname} {sname}: orthogonality max|U^T U - I|",
                    float((U.transpose(-1, -2) @ U - eye).abs().max()), 100 * n * eps)
+        if eigh_only:
+            continue
         G = G64.to(device=device, dtype=dtype)
         grad_tol = 1e-9 if dtype == torch.float64 else 1e-4
         for backward in REMEDIES:
             target = ref["taylor"] if backward == "taylor" else ref["exact"]
-            for impl_name, impl in (("svdlib.sqrtm", lambda X: svdlib.sqrtm(X, backward=backward)),
-                                    ("fused.sqrtm", lambda X: fused.sqrtm(X, backward=backward,
-                                                                          compile=compile_flag))):
+            for impl_name, flag in (("svdlib.sqrtm", compile_flag), ("svdlib.sqrtm eager", False)):
                 Ar = A.detach().clone().requires_grad_(True)
-                Q = impl(Ar)
+                Q = svdlib.sqrtm(Ar, backward=backward, compile=flag)
                 (grad,) = torch.autograd.grad(Q, Ar, G)
                 record(f"{dname} {impl_name}(backward={backward!r}): forward error",
                        _rel(Q.detach(), sqrt64), 50 * n * eps)
                 record(f"{dname} {impl_name}(backward={backward!r}): gradient error vs float64",
                        _rel(grad, target), grad_tol)
-        # The eigen remedy backward alone: fused against the reference remedy, same inputs.
+        # The eigen backward stage alone, against eq. 7 written out (symmetrised after the products).
         lam, U = torch.linalg.eigh(A)
         grad_lam, grad_U = torch.ones_like(lam), G @ U
-        for backward in ("taylor", "pade"):
-            record(f"{dname} fused.remedy_backward({backward!r}) vs svdlib.BACKWARDS[{backward!r}]",
-                   _rel(fused.remedy_backward(lam, U, grad_lam, grad_U, backward, compile=compile_flag),
-                        remedies.BACKWARDS[backward](lam, U, grad_lam, grad_U)), 100 * n * eps)
+        for backward, k_builder in (("taylor", remedies.k_taylor), ("pade", remedies.k_pade)):
+            inner = k_builder(lam).transpose(-1, -2) * (U.transpose(-1, -2) @ grad_U) + torch.diag_embed(grad_lam)
+            eq7 = U @ inner @ U.transpose(-1, -2)
+            eq7 = 0.5 * (eq7 + eq7.transpose(-1, -2))
+            record(f"{dname} fused.remedy_backward({backward!r}) vs eq. 7 written out",
+                   _rel(fused.remedy_backward(lam, U, grad_lam, grad_U, backward, compile=compile_flag), eq7),
+                   100 * n * eps)
         # Information only: how far 5 Newton-Schulz steps are from the exact root and gradient.
         Ar = A.detach().clone().requires_grad_(True)
         root, _ = svdlib.newton_schulz_sqrtm(Ar, 5)
@@ -192,6 +200,23 @@ def _bwd_only(fn, A, G):
     return lambda: torch.autograd.grad(out, Ar, G, retain_graph=True)
 
 
+def _chain_sqrtm(X: torch.Tensor, backward: str) -> torch.Tensor:
+    """The unfolded chain of eq. 5-7 (what backward="exact" runs): autograd through
+    U diag(lam^(1/2)) U^T, then svdlib.eigh's backward stage with the remedy's K~."""
+    lam, U = svdlib.eigh(X, backward=backward)
+    lam = torch.maximum(lam, default_floor(lam.detach(), 0.5))
+    return (U * lam.sqrt().unsqueeze(-2)) @ U.transpose(-1, -2)
+
+
+def time_eigh(dname: str, batch: int, n: int, device: torch.device, timer_opts: dict) -> dict:
+    """torch.linalg.eigh and svdlib.eigh forward, timed in alternation (:func:`time_pair`)."""
+    A = covariances(batch, n, DTYPES[dname], device)
+    pair = time_pair(lambda: torch.linalg.eigh(A), lambda: svdlib.eigh(A), device,
+                     budget_s=max(timer_opts["budget_s"], 0.5))
+    return {"torch_eigh_fwd": pair["a_median_ms"], "svdlib_eigh_fwd": pair["b_median_ms"],
+            "eigh_fwd_vs_torch": pair["ratio_median"], "eigh_pair_detail": pair}
+
+
 def time_case(dname: str, batch: int, n: int, device: torch.device, timer_opts: dict,
               compile_flag) -> dict:
     dtype = DTYPES[dname]
@@ -199,21 +224,22 @@ def time_case(dname: str, batch: int, n: int, device: torch.device, timer_opts: 
     g = torch.Generator().manual_seed(3)
     G = torch.randn(batch, n, n, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
     t = Timer(device, **timer_opts)
-    slow = dict(min_reps=3, max_reps=10) if device.type == "cuda" else {}
 
-    t("torch_eigh_fwd", lambda: torch.linalg.eigh(A), **slow)
-    t("svdlib_eigh_fwd", lambda: svdlib.eigh(A))
+    eigh_pair = time_eigh(dname, batch, n, device, timer_opts)
+    t.results["torch_eigh_fwd"] = {"median_ms": eigh_pair["torch_eigh_fwd"]}
+    t.results["svdlib_eigh_fwd"] = {"median_ms": eigh_pair["svdlib_eigh_fwd"]}
     if device.type == "cuda" and _cusolver.is_available():
         t("bare_xsyev_fwd", lambda: _cusolver.syev_batched(A))
     t("newton_schulz_fwd_bwd", _fwd_bwd(lambda X: svdlib.newton_schulz_sqrtm(X, 5)[0], A, G))
     t("newton_schulz_bwd", _bwd_only(lambda X: svdlib.newton_schulz_sqrtm(X, 5)[0], A, G))
     for r in REMEDIES:
         ref = lambda X, r=r: svdlib.sqrtm(X, backward=r)  # noqa: E731
-        fus = lambda X, r=r: fused.sqrtm(X, backward=r, compile=compile_flag)  # noqa: E731
+        fus = lambda X, r=r: svdlib.sqrtm(X, backward=r, compile=compile_flag)  # noqa: E731
         t(f"sqrtm_{r}_fwd_bwd", _fwd_bwd(ref, A, G))
         t(f"sqrtm_{r}_fused_fwd_bwd", _fwd_bwd(fus, A, G))
         t(f"sqrtm_{r}_bwd", _bwd_only(ref, A, G))
         t(f"sqrtm_{r}_fused_bwd", _bwd_only(fus, A, G))
+    t("sqrtm_taylor_chain_fwd_bwd", _fwd_bwd(lambda X: _chain_sqrtm(X, "taylor"), A, G))
 
     # The remedy backward alone, from saved eigenpairs and incoming gradients.
     lam, U = svdlib.eigh(A)
@@ -221,11 +247,11 @@ def time_case(dname: str, batch: int, n: int, device: torch.device, timer_opts: 
     grad_U = torch.randn(U.shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
     lam_f = torch.maximum(lam, default_floor(lam, 0.5))
     for r in ("taylor", "pade"):
-        t(f"remedy_{r}_eager", lambda r=r: remedies.BACKWARDS[r](lam, U, grad_lam, grad_U))
+        t(f"remedy_{r}_eager", lambda r=r: fused.remedy_backward(lam, U, grad_lam, grad_U, r, compile=False))
         t(f"remedy_{r}_fused", lambda r=r: fused.remedy_backward(lam, U, grad_lam, grad_U, r,
                                                                  compile=compile_flag))
     t("remedy_divided_difference_eager",
-      lambda: spectral_backward(U, divided_difference_matrix(lam_f, 0.5), G))
+      lambda: fused.apply_spectral_weights(U, divided_difference_matrix(lam_f, 0.5), G))
     t("remedy_divided_difference_fused",
       lambda: fused.spectral_backward(lam_f, U, G, 0.5, "divided_difference", compile=compile_flag))
     t("spectral_taylor_fused",
@@ -234,11 +260,12 @@ def time_case(dname: str, batch: int, n: int, device: torch.device, timer_opts: 
     m = t.median
     ns = m("newton_schulz_fwd_bwd")
     ratios = {
-        "eigh_fwd_vs_torch": ratio(m("svdlib_eigh_fwd"), m("torch_eigh_fwd")),
+        "eigh_fwd_vs_torch": eigh_pair["eigh_fwd_vs_torch"],
         "eigh_fwd_vs_bare_xsyev": ratio(m("svdlib_eigh_fwd"), m("bare_xsyev_fwd")),
         "sqrtm_fwd_bwd_vs_newton_schulz": {
             **{r: ratio(m(f"sqrtm_{r}_fwd_bwd"), ns) for r in REMEDIES},
             **{f"{r}_fused": ratio(m(f"sqrtm_{r}_fused_fwd_bwd"), ns) for r in REMEDIES},
+            "taylor_chain": ratio(m("sqrtm_taylor_chain_fwd_bwd"), ns),
         },
         "remedy_bwd_ms": {
             r: {"eager": m(f"remedy_{r}_eager"), "fused": m(f"remedy_{r}_fused")}
@@ -256,7 +283,7 @@ def time_case(dname: str, batch: int, n: int, device: torch.device, timer_opts: 
         "dtype": dname, "batch": batch, "n": n,
         "ratios": ratios,
         "times_ms": {k: v["median_ms"] for k, v in t.results.items()},
-        "timing_detail": t.results,
+        "timing_detail": {**t.results, "eigh_pair": eigh_pair["eigh_pair_detail"]},
     }
 
 
@@ -294,10 +321,10 @@ def profile_backward(device: torch.device, dname: str, batch: int, n: int, compi
     A = covariances(batch, n, dtype, device)
     G = torch.randn(batch, n, n, dtype=dtype, device=device)
     variants = {
-        "taylor (reference autograd chain)": lambda X: svdlib.sqrtm(X, backward="taylor"),
-        "taylor (svdlib.fused)": lambda X: fused.sqrtm(X, backward="taylor", compile=compile_flag),
-        "divided_difference (svdlib.fused)": lambda X: fused.sqrtm(X, backward="divided_difference",
-                                                                   compile=compile_flag),
+        "taylor (unfolded chain of eq. 5-7)": lambda X: _chain_sqrtm(X, "taylor"),
+        "taylor (svdlib.sqrtm, folded)": lambda X: svdlib.sqrtm(X, backward="taylor", compile=compile_flag),
+        "divided_difference (svdlib.sqrtm)": lambda X: svdlib.sqrtm(X, backward="divided_difference",
+                                                                    compile=compile_flag),
     }
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
@@ -371,6 +398,33 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
+def _main_eigh_only(device, dtypes, sizes, timer_opts, env, out) -> int:
+    """--eigh-only: correctness of the eigensolvers, then svdlib.eigh vs torch.linalg.eigh."""
+    correctness = check_correctness(device, dtypes, eigh_only=True)
+    if not correctness["passed"]:
+        for c in correctness["checks"]:
+            if not c["passed"]:
+                print(f"FAILED  {c['check']}: {c['value']:.3e} > {c['tolerance']:.1e}", file=sys.stderr)
+        return 2
+    rows, cases = [], []
+    for dname in dtypes:
+        for batch, n in sizes:
+            r = time_eigh(dname, batch, n, device, timer_opts)
+            cases.append({"dtype": dname, "batch": batch, "n": n, **r})
+            rows.append({"dtype": dname, "batch x n": f"{batch}x{n}", "torch ms": r["torch_eigh_fwd"],
+                         "svdlib ms": r["svdlib_eigh_fwd"], "svdlib/torch": r["eigh_fwd_vs_torch"],
+                         "pairs": r["eigh_pair_detail"]["pairs"]})
+    result = {"benchmark": "bench_spine", "mode": "eigh_only", "device": env["device"], "torch": env["torch"],
+              "date": env["date"], "environment": env, "correctness": correctness, "cases": cases}
+    path = out or default_result_path("spine-eigh", env)
+    write_json_atomic(path, _sanitize(result))
+    print(f"svdlib.eigh forward vs torch.linalg.eigh, timed in alternation ({env['device']}, "
+          f"svdlib {svdlib.__file__})")
+    print(format_table(rows, list(rows[0])))
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -387,6 +441,8 @@ def main(argv=None) -> int:
                         help="also profile the square-root backward of the headline case")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: 1 with --quick, torch's default otherwise)")
+    parser.add_argument("--eigh-only", action="store_true",
+                        help="only svdlib.eigh forward vs torch.linalg.eigh (also runs against older svdlib)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/)")
     args = parser.parse_args(argv)
     threads = args.threads if args.threads is not None else (1 if args.quick else None)
@@ -411,6 +467,8 @@ def main(argv=None) -> int:
     env["fused_compiled"] = bool(compile_flag is True or (compile_flag == "auto"
                                                           and fused.compile_available(device)))
     env["eigh_solver_auto"] = svdlib.solvers.resolve_solver("auto", device)
+    if args.eigh_only:
+        return _main_eigh_only(device, dtypes, sizes, timer_opts, env, args.out)
     print(f"svdlib bench_spine on {env['device']} (torch {env['torch']}, CUDA {env['cuda']}, "
           f"solver auto = {env['eigh_solver_auto']}, fused compiled = {env['fused_compiled']})",
           flush=True)
@@ -472,7 +530,7 @@ def main(argv=None) -> int:
     print("\nmedian milliseconds")
     print(format_table(time_rows(cases), list(time_rows(cases)[0])))
     print(f"\nwrote {out}")
-    print("\nratios (< 1 is faster than the baseline; +F = svdlib.fused backward; NS = Newton-Schulz "
+    print("\nratios (< 1 is faster than the baseline; +F = the backward stage with --compile's choice; NS = Newton-Schulz "
           "5 iterations fwd+bwd; rem = taylor remedy backward alone)")
     print(format_table(ratio_rows(cases), list(ratio_rows(cases)[0])))
     return 0

@@ -1,10 +1,10 @@
 """svdlib: differentiable eigendecomposition (SVD) meta-layers with stable gradients.
 
 A covariance goes in, a spectral function of it comes out, and the gradient that comes back
-is bounded, accurate and cheap (../shared/DESIGN.md). The spine::
+is bounded, accurate and cheap. The spine (docs/architecture.md)::
 
-    X (..., d, N) --covariance--> P --eigh--> (lam, U) --f--> U f(Lambda) U^T
-    backward: remedy from svdlib.BACKWARDS builds K~ (eq. 5-7)
+    X (..., d, N) --covariance--> P --eigh (a solver of svdlib.SOLVERS)--> (lam, U) --f--> U f(Lambda) U^T
+    backward: one stage (svdlib.fused) runs the remedy of svdlib.BACKWARDS (eq. 5-7)
 
 Submodules: :mod:`svdlib.nn` (layers), :mod:`svdlib.ortho` (Pre-SVD treatments),
 :mod:`svdlib.experiments` (harness; imported on demand).

@@ -1,8 +1,8 @@
 """cuSOLVER's batched symmetric eigensolver (``cusolverDnXsyevBatched``) for torch tensors.
 
 Called through the low-level binding of the optional ``nvmath-python`` package
-(``pip install "svdlib[cuda]"``); see ../shared/GPU.md for the measured speed-up over
-``torch.linalg.eigh`` (which loops over the batch for n > 32). The input is copied (the
+(``pip install "svdlib[cuda]"``); it replaces
+``torch.linalg.eigh``, which loops over the batch on CUDA for n > 32 (benchmarks/README.md). The input is copied (the
 solver overwrites it with the eigenvectors), workspaces come from torch's caching
 allocator and handles are cached per (device, stream).
 """

@@ -1,16 +1,45 @@
-"""Input checks at the public boundary (DESIGN.md, "Reliability and safety rules").
+"""Checks at the public boundary: tensors (shape, dtype, finiteness) and option values.
 
-Checks run once per public call, never inside hot loops, and are skipped while the
-call is being traced (``torch.compile``) or transformed (``torch.func.vmap``/``jacrev``),
-where data-dependent Python branches are not allowed.
+Every check runs once per public call, never inside a hot loop, and the tensor checks are
+skipped while the call is traced (``torch.compile``) or transformed (``torch.func.vmap`` /
+``jacrev``), where data-dependent Python branches are not allowed. Errors name the argument,
+what was expected and what was received. The option checks (:func:`integer`, :func:`real`,
+...) are small reusable validators: a remedy record declares them for its options, and the
+same functions serve the matrix functions, the layers and the experiment config
+(docs/architecture.md, "Options").
 """
 from __future__ import annotations
 
+import functools
+import math
+import numbers
+import warnings
+from typing import Any, Callable
+
 import torch
 
-__all__ = ["is_traced", "check_square", "working_dtype", "check_finite"]
+__all__ = [
+    "is_traced",
+    "check_square",
+    "working_dtype",
+    "check_finite",
+    "Check",
+    "integer",
+    "real",
+    "boolean",
+    "optional",
+    "integer_pair",
+    "any_value",
+    "default_check",
+    "raise_non_finite",
+    "renamed_keywords",
+]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_REAL_FLOATING = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
+
+#: A validator: ``check(value, name) -> normalised value``; raises ValueError naming ``name``.
+Check = Callable[[Any, str], Any]
 
 
 def is_traced(x: torch.Tensor | None = None) -> bool:
@@ -27,33 +56,45 @@ def check_finite(x: torch.Tensor, name: str) -> None:
     if is_traced(x):
         return
     if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(
-            f"{name} contains {bad} NaN/Inf entries (shape {tuple(x.shape)}, dtype {x.dtype}); "
-            "svdlib refuses non-finite input instead of returning silently wrong results"
-        )
+        raise_non_finite(x, name)
 
 
-def check_square(A: torch.Tensor, name: str = "A") -> None:
-    """Validate a batch of real square matrices of shape (..., n, n)."""
+def raise_non_finite(x: torch.Tensor, name: str) -> None:
+    """The error for a tensor known to hold NaN or Inf entries."""
+    bad = int((~torch.isfinite(x)).sum())
+    raise ValueError(
+        f"{name} contains {bad} NaN/Inf entries (shape {tuple(x.shape)}, dtype {x.dtype}); "
+        "svdlib refuses non-finite input instead of returning silently wrong results"
+    )
+
+
+def check_square(A: torch.Tensor, name: str = "A", finite: bool = True) -> None:
+    """Validate a batch of real square matrices of shape (..., n, n).
+
+    ``finite=False`` leaves the NaN/Inf scan to the caller: :func:`svdlib.eigh` folds it into
+    the one check it makes after the solver (a non-finite input gives non-finite eigenvalues
+    or a solver error, and only then is the input scanned to name the problem).
+    """
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
-    if A.dim() < 2:
+    shape = A.shape
+    if len(shape) < 2:
         raise ValueError(
-            f"{name} must have at least 2 dimensions (..., n, n), got shape {tuple(A.shape)}"
+            f"{name} must have at least 2 dimensions (..., n, n), got shape {tuple(shape)}"
         )
-    if A.shape[-1] != A.shape[-2]:
+    if shape[-1] != shape[-2]:
         raise ValueError(
-            f"{name} must be square in its last two dimensions (..., n, n), got shape {tuple(A.shape)}"
+            f"{name} must be square in its last two dimensions (..., n, n), got shape {tuple(shape)}"
         )
-    if A.is_complex() or not A.is_floating_point():
+    if A.dtype not in _REAL_FLOATING:
         raise ValueError(
             f"{name} must have a real floating dtype (float16/bfloat16/float32/float64), "
-            f"got {A.dtype} with shape {tuple(A.shape)}"
+            f"got {A.dtype} with shape {tuple(shape)}"
         )
-    if A.shape[-1] == 0:
-        raise ValueError(f"{name} must have n >= 1, got shape {tuple(A.shape)}")
-    check_finite(A, name)
+    if shape[-1] == 0:
+        raise ValueError(f"{name} must have n >= 1, got shape {tuple(shape)}")
+    if finite:
+        check_finite(A, name)
 
 
 def working_dtype(dtype: torch.dtype, compute_dtype: torch.dtype | None) -> torch.dtype:
@@ -64,3 +105,106 @@ def working_dtype(dtype: torch.dtype, compute_dtype: torch.dtype | None) -> torc
             raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
         return compute_dtype
     return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+# ----------------------------------------------------------------------------- option values
+def _bound_text(minimum, maximum, exclusive: bool) -> str:
+    parts = []
+    if minimum is not None:
+        parts.append(f"{'>' if exclusive else '>='} {minimum:g}")
+    if maximum is not None:
+        parts.append(f"<= {maximum:g}")
+    return " and ".join(parts)
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
+    """An integer (not a bool) within [minimum, maximum]."""
+    what = f"an integer {_bound_text(minimum, maximum, False)}".rstrip()
+
+    def check(value, name):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+        return int(value)
+    return check
+
+
+def real(minimum: float | None = None, *, exclusive: bool = False, maximum: float | None = None,
+         allow_inf: bool = False) -> Check:
+    """A real number (int or float, not a bool), finite unless ``allow_inf``, >= ``minimum``
+    (> with ``exclusive``) and <= ``maximum``; returned as a float."""
+    what = f"a {'' if allow_inf else 'finite '}real number {_bound_text(minimum, maximum, exclusive)}".rstrip()
+
+    def check(value, name):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+            raise ValueError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+        value = float(value)
+        if (not allow_inf and math.isinf(value)) \
+                or (minimum is not None and (value <= minimum if exclusive else value < minimum)) \
+                or (maximum is not None and value > maximum):
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+        return value
+    return check
+
+
+def boolean(value, name):
+    """True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def any_value(value, name):
+    """Accept anything (an option whose builder checks it itself)."""
+    return value
+
+
+def optional(check: Check) -> Check:
+    """None, or a value accepted by ``check``."""
+    def wrapped(value, name):
+        return None if value is None else check(value, name)
+    return wrapped
+
+
+def integer_pair(minimum: int = 0) -> Check:
+    """Two integers >= ``minimum`` (a tuple or list), returned as a tuple."""
+    single = integer(minimum)
+
+    def check(value, name):
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise ValueError(f"{name} must be two integers >= {minimum} (p, q), got {value!r}")
+        return tuple(single(v, f"{name}[{i}]") for i, v in enumerate(value))
+    return check
+
+
+def default_check(default) -> Check:
+    """The check implied by a default value: bool, integer, real, else anything."""
+    if isinstance(default, bool):
+        return boolean
+    if isinstance(default, numbers.Integral):
+        return integer()
+    if isinstance(default, numbers.Real):
+        return real(allow_inf=math.isinf(default))
+    return any_value
+
+
+def renamed_keywords(**old_to_new: str):
+    """Decorator: accept a function's old keyword names, with a DeprecationWarning.
+
+    ``@renamed_keywords(eps="floor")`` lets ``f(..., eps=x)`` mean ``f(..., floor=x)``. The
+    wrapped function keeps its signature (``inspect.signature`` follows ``__wrapped__``).
+    """
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for old in old_to_new.keys() & kwargs.keys():
+                new = old_to_new[old]
+                warnings.warn(f"{fn.__name__}({old}=...) is deprecated; use {new}=... (see CHANGELOG.md)",
+                              DeprecationWarning, stacklevel=2)
+                if new in kwargs:
+                    raise TypeError(f"{fn.__name__}() got both {new!r} and its old name {old!r}")
+                kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+        return wrapper
+    return decorate

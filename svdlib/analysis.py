@@ -32,7 +32,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import remedies
+from . import _options, remedies
+from ._registry import DEFAULT_BACKWARD
 from .matfuncs import powm
 from .newton_schulz import newton_schulz_sqrtm
 from .statistics import covariance
@@ -76,7 +77,7 @@ class Variant:
     """
 
     method: str = "eigh"
-    backward: str = "taylor"
+    backward: str = DEFAULT_BACKWARD
     options: tuple[tuple[str, object], ...] = ()
 
     def kwargs(self) -> dict:
@@ -97,8 +98,9 @@ DEFAULT_VARIANTS: dict[str, Variant] = {
     "newton_schulz": Variant("newton_schulz", "taylor"),
 }
 
-#: The remedies whose backward is U (K~^T o U^T dL/dU + diag dL/dlam) U^T: label ->
-#: (backward name, options). power_iteration and divided_difference are not of this form.
+#: The remedies whose backward is U (K~^T o U^T dL/dU + diag dL/dlam) U^T (their record has a
+#: ``k_matrix``): label -> (backward name, options). power_iteration and divided_difference are
+#: not of this form.
 K_VARIANTS: dict[str, tuple[str, dict]] = {
     "exact": ("exact", {}),
     "clip": ("clip", {}),
@@ -335,13 +337,14 @@ def effective_k(lam: torch.Tensor, backward: str, **options) -> torch.Tensor:
 
     With U = I and dL/dU = L (ones strictly below the diagonal), a backward of the form
     sym(U (K~^T o U^T dL/dU) U^T) returns dA_ij = K~_ji / 2 for i > j; probing with the
-    transpose gives the other triangle. Valid for the K-form remedies of :data:`K_VARIANTS`
-    (not power_iteration, not divided_difference). A non-finite K~ entry (exact K at a tie)
-    makes the whole probe NaN (0 * inf in the backward's matrix products), as it would a gradient.
+    transpose gives the other triangle. Valid for the K-form remedies (a record with a
+    ``k_matrix``; not power_iteration, not divided_difference). A non-finite K~ entry (exact K
+    at a tie) makes the whole probe NaN (0 * inf in the backward's matrix products), as it would
+    a gradient.
     """
-    if backward not in remedies.BACKWARDS or backward in ("power_iteration", "divided_difference"):
+    if backward not in remedies.BACKWARDS or remedies.BACKWARDS[backward].k_matrix is None:
         raise ValueError(
-            f"backward must be a K-form remedy {sorted(v[0] for v in K_VARIANTS.values())}, got {backward!r}"
+            f"backward must be a K-form remedy {_k_form_names()}, got {backward!r}"
         )
     lam = torch.as_tensor(lam)
     if not lam.is_floating_point():
@@ -358,21 +361,22 @@ def effective_k(lam: torch.Tensor, backward: str, **options) -> torch.Tensor:
     return K_upper + K_lower
 
 
-def k_bound(backward: str, **options) -> float:
-    """The documented bound on |K~| of a K-form remedy (inf where there is none).
+def _k_form_names() -> list[str]:
+    return sorted(name for name, r in remedies.BACKWARDS.items() if r.k_matrix is not None)
 
-    taylor: (degree + 1)/eps (Robust Differentiable SVD sec. 3.2); clip: threshold;
-    truncate: its clamp (1e10, ICCV code); exact and pade: unbounded at ties.
+
+def k_bound(backward: str, **options) -> float:
+    """The documented bound on |K~| of a K-form remedy (inf where there is none), from its
+    record (:attr:`svdlib.remedies.Remedy.bound`) with the options resolved as a call would.
+
+    taylor: (degree + 1)/floor (Robust Differentiable SVD sec. 3.2); clip and truncate:
+    k_max; exact and pade: unbounded at ties.
     """
-    if backward == "taylor":
-        return (options.get("degree", 9) + 1) / options.get("eps", 1e-10)
-    if backward == "clip":
-        return float(options.get("threshold", 100.0))
-    if backward == "truncate":
-        return float(options.get("clamp", 1e10))
-    if backward in ("exact", "pade"):
-        return math.inf
-    raise ValueError(f"backward must be a K-form remedy, got {backward!r}")
+    remedy = remedies.BACKWARDS.get(backward)
+    if remedy is None or remedy.k_matrix is None or remedy.bound is None:
+        raise ValueError(f"backward must be a K-form remedy {_k_form_names()}, got {backward!r}")
+    spec = _options.backward_spec(backward, options)
+    return float(remedy.bound(spec.as_dict()))
 
 
 def k_versus_gap(one_minus_x: Sequence[float], variants: Mapping[str, tuple[str, dict]] | None = None,

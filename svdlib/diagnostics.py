@@ -2,7 +2,7 @@
 
 svdlib counts a *failure* each time the forward eigensolver fails on one matrix: the
 solver raised (torch's LinAlgError), reported a non-zero ``info`` (cuSOLVER), or returned
-non-finite eigenvalues/eigenvectors. Failed matrices are repaired (see
+non-finite eigenvalues (and, with :func:`check_eigenvectors`, eigenvectors). Failed matrices are repaired (see
 :func:`svdlib.solvers.solve`), so training goes on; the counter lets training code log them.
 
 Example
@@ -17,11 +17,27 @@ from __future__ import annotations
 
 import threading
 
-__all__ = ["failure_count", "reset_failures", "record_failures", "last_failure"]
+__all__ = ["failure_count", "reset_failures", "record_failures", "last_failure", "check_eigenvectors"]
 
 _lock = threading.Lock()
 _count = 0
 _last: dict | None = None
+_check_eigenvectors = False
+
+
+def check_eigenvectors(enabled: bool | None = None) -> bool:
+    """Whether the solver's failure check also scans the eigenvectors; set it with ``enabled``.
+
+    Off by default: a solver that fails returns non-finite eigenvalues or an error code, and
+    scanning U costs a pass over n^2 entries per matrix on every call. Turn it on to catch a
+    solver that returns finite eigenvalues with non-finite eigenvectors. Returns the setting.
+    """
+    global _check_eigenvectors
+    if enabled is not None:
+        if not isinstance(enabled, bool):
+            raise ValueError(f"enabled must be True, False or None, got {enabled!r}")
+        _check_eigenvectors = enabled
+    return _check_eigenvectors
 
 
 def record_failures(n: int, **details) -> None:

@@ -10,14 +10,32 @@ with the first divided differences F_ij = (f(lam_i) - f(lam_j))/(lam_i - lam_j) 
 F_ii = f'(lam_i). For f = lam^p these are bounded once eigenvalues are floored: no
 approximation (unlike the Taylor / Padé / clip remedies) and no explosion at ties, because
 1/(lam_i - lam_j) never appears on its own. This is svdlib's own addition to the papers.
+
+This module only builds F (and the cancellation-free geometric sum both it and the Taylor
+remedy use); the product U (F o U^T sym(G) U) U^T is the backward stage's
+(:func:`svdlib.fused.apply_spectral_weights`, docs/architecture.md).
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from .remedies import geometric_series
+__all__ = ["divided_difference_matrix", "geometric_series"]
 
-__all__ = ["divided_difference_matrix", "spectral_backward"]
+
+def geometric_series(log_ratio: torch.Tensor, terms: int | float | torch.Tensor) -> torch.Tensor:
+    """sum_{k=0}^{terms-1} r^k with r = exp(log_ratio), computed without cancellation.
+
+    Uses expm1(terms * log r) / expm1(log r), whose limit as r -> 1 is ``terms``; valid for
+    non-integer ``terms`` too (then it is (r^terms - 1)/(r - 1)), which the divided
+    differences of matrix powers use.
+    """
+    den = torch.expm1(log_ratio)
+    num = torch.expm1(terms * log_ratio)
+    safe = torch.where(den == 0, torch.ones_like(den), den)
+    limit = torch.as_tensor(terms, dtype=log_ratio.dtype, device=log_ratio.device)
+    return torch.where(den == 0, limit.expand_as(den), num / safe)
 
 
 def divided_difference_matrix(lam: torch.Tensor, p: float) -> torch.Tensor:
@@ -45,8 +63,16 @@ def divided_difference_matrix(lam: torch.Tensor, p: float) -> torch.Tensor:
     return big.pow(p - 1) * geometric_series(log_ratio, p)
 
 
-def spectral_backward(U: torch.Tensor, F: torch.Tensor, grad_Q: torch.Tensor) -> torch.Tensor:
-    """dL/dA = U (F o (U^T sym(dL/dQ) U)) U^T (Daleckii-Krein); symmetric by construction."""
-    G = 0.5 * (grad_Q + grad_Q.transpose(-1, -2))
-    Ut = U.transpose(-1, -2)
-    return U @ (F * (Ut @ G @ U)) @ Ut
+def __getattr__(name: str):
+    if name == "spectral_backward":
+        warnings.warn(
+            "svdlib.divided_difference.spectral_backward is deprecated and will be removed; use "
+            "svdlib.fused.apply_spectral_weights(U, F, grad_Q) (the same product, one place)",
+            DeprecationWarning, stacklevel=2)
+        from .fused import apply_spectral_weights
+
+        def spectral_backward(U, F, grad_Q):
+            return apply_spectral_weights(U, F, grad_Q)
+
+        return spectral_backward
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

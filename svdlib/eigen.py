@@ -1,32 +1,42 @@
 """Differentiable batched eigendecomposition: forward by a named solver, backward by a remedy.
 
-``svdlib.eigh`` is the spine's first stage (DESIGN.md "Data flow"): A (..., n, n) ->
-(lam, U) with ascending eigenvalues and eigenvectors in columns; the backward applies one of
+``svdlib.eigh`` is the spine's first stage (docs/architecture.md, "The spine"):
+A (..., n, n) -> (lam, U) with ascending eigenvalues and eigenvectors in columns; the backward
+is the backward stage (:func:`svdlib.fused.eigen_backward`) with one of
 :data:`svdlib.BACKWARDS` (orthogonality paper eq. 5-7; Robust Differentiable SVD sec. 3).
 """
 from __future__ import annotations
 
 import torch
 
-from . import remedies, solvers
+from . import _options, fused, solvers
+from ._autocast import outside_autocast
 from ._validation import check_square, is_traced, working_dtype
+from .remedies import DEFAULT_BACKWARD
 
-__all__ = ["eigh", "eigh_compute", "prepare", "floor_eigenvalues"]
+__all__ = ["eigh", "eigh_compute", "prepare", "decompose", "floor_eigenvalues"]
 
-
-def prepare(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float, name: str = "A") -> torch.Tensor:
-    """Validate, symmetrise ((A + A^T)/2), cast to the compute dtype and add ``eps`` I.
+def prepare(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float, name: str = "A",
+            check_finite: bool = True) -> torch.Tensor:
+    """Validate, cast to the compute dtype, symmetrise ((A + A^T)/2) and add ``eps`` I.
 
     Adding eps I shifts every eigenvalue by eps and leaves the eigenvectors unchanged
-    (Robust Differentiable SVD sec. 4.1; the decorrelated-BN code adds 1e-2 I).
-    All steps are differentiable.
+    (Robust Differentiable SVD sec. 4.1; the decorrelated-BN code adds 1e-2 I). All steps are
+    differentiable; ``eps`` is validated (finite, >= 0) by the public call. The symmetric part
+    is one fused pass, ``lerp(A^T, A, 1/2)``: it returns A itself for a symmetric A, and the
+    rounded (A + A^T)/2 whenever A_ij - A_ji is exact (any nearly symmetric A, e.g. X X^T
+    formed in floating point); its gradient is sym(G), as for (A + A^T)/2. It is written in
+    column-major order, the order LAPACK works in, so the solver's own copy of its input is a
+    plain one instead of a second transposition.
+    ``check_finite=False`` leaves the NaN/Inf scan to the solver's check
+    (:func:`svdlib.solvers.solve`), which costs nothing extra when the input is fine.
     """
-    check_square(A, name)
-    A = A.to(working_dtype(A.dtype, compute_dtype))
-    A = 0.5 * (A + A.transpose(-1, -2))
+    check_square(A, name, finite=check_finite)
+    dtype = working_dtype(A.dtype, compute_dtype)
+    if A.dtype != dtype:
+        A = A.to(dtype)
+    A = torch.lerp(A.transpose(-1, -2), A, 0.5)
     if eps:
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
         A = A + eps * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     return A
 
@@ -48,36 +58,53 @@ class _Eigh(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(A, solver, backward, options):
-        lam, U = solvers.solve(A, solver, traced=is_traced(A))
-        return lam, U
+    def forward(A, solver, spec, compile, name):
+        return solvers.solve(A, solver, traced=is_traced(A), name=name)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, _, backward, options = inputs
-        lam, U = output
-        ctx.save_for_backward(lam, U)
-        ctx.backward_name = backward
-        ctx.options = options
+        _, _, spec, compile, _ = inputs
+        ctx.save_for_backward(*output)
+        ctx.spec, ctx.compile = spec, compile
 
     @staticmethod
     def backward(ctx, grad_lam, grad_U):
         lam, U = ctx.saved_tensors
-        grad_lam = torch.zeros_like(lam) if grad_lam is None else grad_lam
-        grad_U = torch.zeros_like(U) if grad_U is None else grad_U
-        grad_A = remedies.BACKWARDS[ctx.backward_name](lam, U, grad_lam, grad_U, **dict(ctx.options))
-        return grad_A, None, None, None
+        return fused.eigen_backward(lam, U, grad_lam, grad_U, ctx.spec, ctx.compile), None, None, None, None
 
 
+def decompose(A: torch.Tensor, solver: str, spec, *, iterations: int | None = None,
+              compile: bool | str = "auto", name: str = "A",
+              differentiable: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lam, U) of a prepared matrix (:func:`prepare`) with a resolved solver name and spec.
+
+    A differentiable solver is differentiated by autograd (``spec`` unused; ``iterations``
+    goes to it). Otherwise the gradient, when one is needed, comes from the backward stage;
+    without one (inference, or an input that does not require grad) no autograd node is built.
+    """
+    if differentiable is None:
+        differentiable = solvers.is_differentiable(solver)
+    if differentiable:
+        record = solvers.SOLVERS[solver]
+        lam, U, _ = record(A) if iterations is None else record(A, iterations=iterations)
+        return lam, U
+    traced = is_traced(A)
+    if traced or (A.requires_grad and torch.is_grad_enabled()):
+        return _Eigh.apply(A, solver, spec, compile, name)
+    return solvers.solve(A, solver, name=name)
+
+
+@outside_autocast
 def eigh(
     A: torch.Tensor,
-    backward: str = "taylor",
+    backward: str = DEFAULT_BACKWARD,
     solver: str = "auto",
     *,
     eps: float = 0.0,
     min_eigenvalue: float | None = None,
     compute_dtype: torch.dtype | None = None,
     iterations: int | None = None,
+    compile: bool | str = "auto",
     **options,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Eigendecomposition A = U diag(lam) U^T of symmetric matrices with a stable backward.
@@ -94,29 +121,39 @@ def eigh(
         Real symmetric matrices; non-symmetric input is symmetrised as (A + A^T)/2.
         float16/bfloat16 are computed in float32. NaN/Inf entries raise ValueError.
     backward : str
-        Remedy name: "taylor" (default; degree 9, eps 1e-10), "exact", "clip", "pade",
-        "power_iteration", "truncate". Its keyword options go in ``**options``.
+        Remedy name: "taylor" (default), "exact", "clip", "pade", "power_iteration",
+        "truncate" (or one you registered). Its options go in ``**options``, e.g.
+        ``degree=100``; ``svdlib.BACKWARDS[name].defaults`` lists them with their defaults.
     solver : str
         "auto" (cuSOLVER batched on CUDA when nvmath-python is importable, else torch),
-        "torch", "cusolver_batched", or "power_iteration" (the "PI" baseline: forward by
-        power iteration with deflation, backward by autograd through it; ``backward`` is
-        then ignored and ``iterations`` sets the number of steps, default 19).
+        "torch", "cusolver_batched", or "power_iteration_forward" (the "PI" baseline: forward
+        by power iteration with deflation, differentiated by autograd; ``backward`` is then
+        not used).
     eps : float
-        Added to the diagonal before solving (eigenvalues shift by eps, eigenvectors
-        unchanged) and, when > 0, also used as the eigenvalue floor of the remedies that
-        clamp (taylor, pade, power_iteration), as in Robust Differentiable SVD sec. 4. With
-        the default 0 the remedies keep their own floors (taylor 1e-10, pade float64 eps,
-        power_iteration 1e-5).
+        Diagonal shift added before solving (eigenvalues move up by eps, eigenvectors stay).
+        When > 0 it is also the default of the remedy's eigenvalue ``floor`` (taylor, pade,
+        power_iteration), as in Robust Differentiable SVD sec. 4: the shifted spectrum cannot
+        go below it. An explicit ``floor=`` wins.
     min_eigenvalue : float, optional
         Floor for the returned eigenvalues (straight-through gradient, see
         :func:`floor_eigenvalues`).
     compute_dtype : torch.dtype, optional
         Solve (and differentiate) in this dtype, e.g. float64, and return the caller's dtype.
+    iterations : int, optional
+        Steps of the iterative part in use: the "power_iteration_forward" solver (default 19)
+        or the "power_iteration" remedy (default 9); ignored otherwise.
+    compile : bool or "auto"
+        torch.compile the backward stage ("auto": on CUDA with Triton).
 
     Returns
     -------
     lam : Tensor (..., n)   ascending eigenvalues.
     U : Tensor (..., n, n)  orthonormal eigenvectors in columns.
+
+    Notes
+    -----
+    One host synchronisation per call: the solver's failure check (the sum of the
+    eigenvalues, :func:`svdlib.solvers.solve`), which also catches non-finite input.
 
     Examples
     --------
@@ -128,28 +165,18 @@ def eigh(
     """
     out_dtype = A.dtype if isinstance(A, torch.Tensor) else None
     lam, U = eigh_compute(A, backward, solver, eps=eps, min_eigenvalue=min_eigenvalue,
-                          compute_dtype=compute_dtype, iterations=iterations, **options)
+                          compute_dtype=compute_dtype, iterations=iterations, compile=compile, **options)
     if lam.dtype != out_dtype:
         lam, U = lam.to(out_dtype), U.to(out_dtype)
     return lam, U
 
 
-def eigh_compute(A, backward="taylor", solver="auto", *, eps=0.0, min_eigenvalue=None,
-                 compute_dtype=None, iterations=None, **options):
+def eigh_compute(A, backward=DEFAULT_BACKWARD, solver="auto", *, eps=0.0, min_eigenvalue=None,
+                 compute_dtype=None, iterations=None, compile="auto", **options):
     """:func:`eigh` without the final cast: results stay in the compute dtype."""
-    if solver == "power_iteration":
-        Ac = prepare(A, compute_dtype, eps)
-        lam, U = solvers.power_iteration_eigh(Ac, iterations=19 if iterations is None else iterations)
-    else:
-        remedies.validate_options(backward, options)
-        if backward == "divided_difference":
-            remedies.divided_difference(None, None, None, None)
-        if iterations is not None and remedies.takes_option(backward, "iterations"):
-            options = {**options, "iterations": iterations}
-        if eps and "eps" not in options and remedies.takes_option(backward, "eps"):
-            # The papers use one eps: added to the diagonal *and* the remedy's eigenvalue floor.
-            options = {**options, "eps": eps}
-        Ac = prepare(A, compute_dtype, eps)
-        name = solvers.resolve_solver(solver, Ac.device)
-        lam, U = _Eigh.apply(Ac, name, backward, tuple(sorted(options.items())))
-    return floor_eigenvalues(lam, min_eigenvalue), U
+    plan = _options.call_plan(None, backward, solver, eps, min_eigenvalue, iterations, compile, options)
+    Ac = prepare(A, compute_dtype, plan.eps, check_finite=plan.differentiable)
+    name = solvers.solver_for(plan.solver, Ac)
+    lam, U = decompose(Ac, name, plan.spec, iterations=plan.solver_iterations, compile=plan.compile,
+                       differentiable=plan.differentiable)
+    return lam if plan.min_eigenvalue is None else floor_eigenvalues(lam, plan.min_eigenvalue), U

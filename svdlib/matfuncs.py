@@ -1,26 +1,27 @@
 """Spectral matrix functions: sqrtm, inv_sqrtm, powm (the spine's output stage, eq. 4).
 
-``method="eigh"``: Q = U f(Lambda) U^T. The backward is eq. 5-7 with the chosen remedy's K~;
-for the remedies of :data:`svdlib.fused.FUSABLE` but "exact" it is folded into one Hadamard
-product (:mod:`svdlib.fused`; same gradient, fewer kernels, less rounding), and
-``backward="divided_difference"`` is the exact Daleckii-Krein gradient of
-:mod:`svdlib.divided_difference`. "exact" (the
-papers' plain-SVD reference), "power_iteration" and "truncate" go through :func:`svdlib.eigh`
-and autograd. ``method="newton_schulz"``: the iSQRT-COV
+``method="eigh"``: Q = U f(Lambda) U^T, differentiated by the backward stage
+(:mod:`svdlib.fused`, docs/architecture.md): for a remedy with a folded form (taylor, pade,
+clip, divided_difference, ...) one Hadamard product F~ o U^T sym(G) U, for one without
+(``exact``, the papers' plain-SVD reference; ``power_iteration``; ``truncate``) the chain of
+eq. 5-7 through :func:`svdlib.eigh`'s backward. ``method="newton_schulz"``: the iSQRT-COV
 iteration (:mod:`svdlib.newton_schulz`), p = +-1/2 only, differentiated by autograd.
 """
 from __future__ import annotations
 
 import torch
 
-from . import fused
-from .eigen import eigh_compute, floor_eigenvalues, prepare
+from . import _options, fused, solvers
+from ._autocast import outside_autocast
+from ._validation import is_traced, real
+from .eigen import decompose, floor_eigenvalues, prepare
 from .newton_schulz import newton_schulz_sqrtm
-from .remedies import DEFAULT_MATFUNC_BACKWARD
+from .remedies import DEFAULT_BACKWARD
 
 __all__ = ["powm", "sqrtm", "inv_sqrtm", "default_floor"]
 
 METHODS = ("eigh", "newton_schulz")
+_POWER = real()
 
 
 def _is_positive_integer(p: float) -> bool:
@@ -46,17 +47,52 @@ def _compose(lam: torch.Tensor, U: torch.Tensor, p: float) -> torch.Tensor:
     return (U * lam.pow(p).unsqueeze(-2)) @ U.transpose(-1, -2)
 
 
+def _power_forward(A, p, solver, min_eigenvalue):
+    lam_k, U = solvers.solve(A, solver, traced=is_traced(A))
+    floor = default_floor(lam_k, p) if min_eigenvalue is None else min_eigenvalue
+    lam = lam_k
+    if floor is not None:
+        lam = torch.maximum(lam_k, torch.as_tensor(floor, dtype=lam_k.dtype, device=lam_k.device))
+    return _compose(lam, U, p), lam, lam_k, U
+
+
+class _Power(torch.autograd.Function):
+    """Q = U diag(max(lam, floor)^p) U^T; backward by :func:`svdlib.fused.spectral_stage`."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(A, p, solver, min_eigenvalue, spec, compile):
+        return _power_forward(A, p, solver, min_eigenvalue)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, p, _, _, spec, compile = inputs
+        _, lam, lam_k, U = output
+        ctx.mark_non_differentiable(lam, lam_k, U)
+        ctx.save_for_backward(lam, lam_k, U)
+        ctx.p, ctx.spec, ctx.compile = p, spec, compile
+
+    @staticmethod
+    def backward(ctx, grad_Q, *_):
+        lam, lam_k, U = ctx.saved_tensors
+        grad_A = fused.spectral_stage(lam, lam_k, U, grad_Q, ctx.p, ctx.spec, ctx.compile)
+        return grad_A, None, None, None, None, None
+
+
+@outside_autocast
 def powm(
     A: torch.Tensor,
     p: float,
     method: str = "eigh",
-    backward: str = DEFAULT_MATFUNC_BACKWARD,
+    backward: str = DEFAULT_BACKWARD,
     *,
     eps: float = 0.0,
     min_eigenvalue: float | None = None,
     solver: str = "auto",
     compute_dtype: torch.dtype | None = None,
     iterations: int | None = None,
+    compile: bool | str = "auto",
     **options,
 ) -> torch.Tensor:
     r"""Matrix power A^p = U diag(lam^p) U^T of symmetric PSD matrices (..., n, n) (eq. 4).
@@ -70,50 +106,57 @@ def powm(
         The power; +-1/2 for ``method="newton_schulz"``.
     method : "eigh" | "newton_schulz"
     backward : str
-        Remedy of :data:`svdlib.BACKWARDS` (method "eigh" only; ignored by Newton-Schulz,
-        which is differentiated by autograd). Default "taylor" (the papers' SVD-Taylor;
-        README, "Which backward by default"); "divided_difference" is the exact gradient,
-        bounded by the eigenvalue floor.
+        Remedy of :data:`svdlib.BACKWARDS` (method "eigh"; its options are validated for
+        Newton-Schulz too, which is differentiated by autograd). Default "taylor" (the papers'
+        SVD-Taylor; README, "Which backward by default"); "divided_difference" is the exact
+        gradient, bounded by the eigenvalue floor.
     eps : float
-        Added to the diagonal first (both methods); for method "eigh" also the eigenvalue
-        floor of the remedies that clamp (see :func:`svdlib.eigh`).
+        Diagonal shift added first (both methods); when > 0 also the default of the remedy's
+        eigenvalue ``floor`` (see :func:`svdlib.eigh`).
     min_eigenvalue : float, optional
         Eigenvalue floor; default :func:`default_floor` (straight-through gradient).
+    solver : str
+        As in :func:`svdlib.eigh`.
     iterations : int, optional
-        Newton-Schulz iterations (default 5) or power-iteration steps for
-        ``backward="power_iteration"`` / ``solver="power_iteration"``; ignored otherwise, so a
-        layer can switch ``method`` without changing its keyword arguments.
+        Steps of the iterative part in use: Newton-Schulz (default 5), the
+        "power_iteration_forward" solver (default 19) or the "power_iteration" remedy
+        (default 9); ignored otherwise, so a layer can switch ``method`` without changing its
+        keyword arguments.
+    compile : bool or "auto"
+        torch.compile the backward stage ("auto": on CUDA with Triton).
     **options
-        Remedy options, e.g. ``degree=100`` for taylor or ``threshold=100`` for clip.
+        Remedy options, e.g. ``degree=100`` for taylor or ``k_max=100`` for clip.
 
-    Returns the caller's dtype (float16/bfloat16 computed in float32).
+    Returns the caller's dtype (float16/bfloat16 computed in float32); under torch.autocast,
+    computed with autocast off and returned in the autocast dtype.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    p = float(p)
+    p = _POWER(p, "p")
+    plan = _options.call_plan(method, backward, solver, eps, min_eigenvalue, iterations, compile, options)
+    eps, min_eigenvalue, spec = plan.eps, plan.min_eigenvalue, plan.spec
     out_dtype = A.dtype if isinstance(A, torch.Tensor) else None
     if method == "newton_schulz":
         if p not in (0.5, -0.5):
             raise ValueError(f"method='newton_schulz' computes p = 0.5 or -0.5 only, got p={p}")
         Ac = prepare(A, compute_dtype, eps)
-        root, inv_root = newton_schulz_sqrtm(Ac, 5 if iterations is None else iterations)
+        n_iter = plan.method_iterations
+        root, inv_root = newton_schulz_sqrtm(Ac) if n_iter is None else newton_schulz_sqrtm(Ac, n_iter)
         return (root if p == 0.5 else inv_root).to(out_dtype)
-    if backward in fused.FUSABLE and backward != "exact" and solver != "power_iteration":
-        # Same gradient as the chain below (eq. 5-7 with the remedy's K~), folded into one
-        # Hadamard product; for "divided_difference" the exact Daleckii-Krein backward.
-        # "exact" stays on the chain on purpose: it is the papers' plain-SVD reference, whose
-        # dL/dU and dL/dlam terms are formed separately and cancel in floating point near
-        # ties (the folded form K_ij (f_i - f_j) would quietly turn it into a bounded
-        # divided difference and hide the failure mode the papers measure).
-        return fused.powm(A, p, backward, eps=eps, min_eigenvalue=min_eigenvalue, solver=solver,
-                          compute_dtype=compute_dtype, **options)
-    lam, U = eigh_compute(A, backward, solver, eps=eps, compute_dtype=compute_dtype,
-                          iterations=iterations, **options)
-    floor = default_floor(lam, p) if min_eigenvalue is None else min_eigenvalue
-    return _compose(floor_eigenvalues(lam, floor), U, p).to(out_dtype)
+    Ac = prepare(A, compute_dtype, eps, check_finite=plan.differentiable)
+    name = solvers.solver_for(plan.solver, Ac)
+    if plan.differentiable or not fused.folds(spec):
+        # The chain of eq. 5-7: autograd through the composition, then eigh's backward stage.
+        lam, U = decompose(Ac, name, spec, iterations=plan.solver_iterations, compile=plan.compile,
+                           differentiable=plan.differentiable)
+        floor = default_floor(lam, p) if min_eigenvalue is None else min_eigenvalue
+        return _compose(floor_eigenvalues(lam, floor), U, p).to(out_dtype)
+    if is_traced(Ac) or (Ac.requires_grad and torch.is_grad_enabled()):
+        Q = _Power.apply(Ac, p, name, min_eigenvalue, spec, plan.compile)[0]
+    else:
+        Q = _power_forward(Ac, p, name, min_eigenvalue)[0]
+    return Q.to(out_dtype)
 
 
-def sqrtm(A: torch.Tensor, method: str = "eigh", backward: str = DEFAULT_MATFUNC_BACKWARD, **kwargs) -> torch.Tensor:
+def sqrtm(A: torch.Tensor, method: str = "eigh", backward: str = DEFAULT_BACKWARD, **kwargs) -> torch.Tensor:
     """Matrix square root A^{1/2} (second-order pooling, colouring). See :func:`powm`.
 
     >>> import torch, svdlib
@@ -123,7 +166,7 @@ def sqrtm(A: torch.Tensor, method: str = "eigh", backward: str = DEFAULT_MATFUNC
     return powm(A, 0.5, method, backward, **kwargs)
 
 
-def inv_sqrtm(A: torch.Tensor, method: str = "eigh", backward: str = DEFAULT_MATFUNC_BACKWARD, **kwargs) -> torch.Tensor:
+def inv_sqrtm(A: torch.Tensor, method: str = "eigh", backward: str = DEFAULT_BACKWARD, **kwargs) -> torch.Tensor:
     """Inverse square root A^{-1/2} (ZCA whitening, Alg. 2 of Robust Differentiable SVD).
 
     >>> import torch, svdlib

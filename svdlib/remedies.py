@@ -1,4 +1,4 @@
-"""Backward remedies for the eigendecomposition: the registry :data:`BACKWARDS`.
+"""Backward remedies of the eigendecomposition: one record each, registered in :data:`BACKWARDS`.
 
 Notation of the papers, eigenvalues ascending (as torch returns them). For A = U diag(lam) U^T
 and incoming gradients dL/dU, dL/dlam, the analytic backward is (orthogonality paper eq. 5-7,
@@ -7,9 +7,12 @@ Robust Differentiable SVD eq. 2-3)
     dL/dA = U ( K^T o (U^T dL/dU) + diag(dL/dlam) ) U^T,    K_ij = 1 / (lam_i - lam_j), K_ii = 0,
 
 symmetrised, since A is symmetric (the papers' released code returns it unsymmetrised and
-relies on the covariance layer's (G + G^T); svdlib symmetrises here). A remedy replaces K by a
-bounded K~. Each remedy is a pure function ``remedy(lam, U, grad_lam, grad_U, **options)``
-returning dL/dA; adding one is one function and one registry line.
+relies on the covariance layer's (G + G^T); svdlib symmetrises). A remedy replaces K by a
+bounded K~. This module says *what* each remedy is (:class:`Remedy`: its K~ builder, its
+options with their defaults and checks, its bound, whether matrix functions may fold it);
+*how* a gradient is assembled from it is the one backward stage, :mod:`svdlib.fused`, used by
+:func:`svdlib.eigh` and the matrix functions alike. Adding a remedy is one function and one
+:func:`register_backward` line (docs/architecture.md, "Add a remedy").
 
 Signs at exact ties: for i > j (so lam_i >= lam_j) K~_ij takes the sign of lam_i - lam_j > 0
 and K~_ji = -K~_ij, so every K~ stays antisymmetric even when lam_i == lam_j (the TPAMI code
@@ -17,44 +20,177 @@ gives the same sign both ways at ties; we do not).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
-from typing import Callable
+import math
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
+from . import _options, fused
+from ._registry import BACKWARDS, DEFAULT_BACKWARD
+from ._validation import Check, default_check, integer, integer_pair, optional, real, renamed_keywords
+from .divided_difference import divided_difference_matrix, geometric_series
+
 __all__ = [
     "BACKWARDS",
+    "Remedy",
+    "DEFAULT_BACKWARD",
     "DEFAULT_EIGH_BACKWARD",
     "DEFAULT_MATFUNC_BACKWARD",
     "register_backward",
-    "validate_options",
-    "takes_option",
     "k_exact",
     "k_clip",
     "k_taylor",
     "k_pade",
+    "k_truncate",
+    "kept_directions",
+    "PadeOrder",
+    "pade_order",
     "pade_coefficients",
     "geometric_series",
-    "apply_k",
+    "power_iteration_gradient",
     "exact",
     "clip",
     "taylor",
     "pade",
     "power_iteration",
     "truncate",
+    "divided_difference",
 ]
 
 FLOAT64_EPS = float(np.finfo(np.float64).eps)
 
-#: Default remedy of :func:`svdlib.eigh` (a loss on eigenvectors needs an approximation of K).
-DEFAULT_EIGH_BACKWARD = "taylor"
-#: Default backward of the matrix functions (sqrtm, inv_sqrtm, powm) and of the layers in
-#: svdlib.nn. "divided_difference" is exact and as cheap, but in training at our scale it was
-#: never better than Taylor and once worse, so the papers' choice stays the default (README,
-#: "Which backward by default").
-DEFAULT_MATFUNC_BACKWARD = "taylor"
+#: Older names of :data:`DEFAULT_BACKWARD` (svdlib._registry; kept: callers import them).
+DEFAULT_EIGH_BACKWARD = DEFAULT_MATFUNC_BACKWARD = DEFAULT_BACKWARD
+
+
+# ----------------------------------------------------------------------------- the record
+@dataclasses.dataclass(frozen=True, eq=False)
+class Remedy:
+    """Everything svdlib needs to know about one backward remedy.
+
+    A remedy gives at least one of:
+
+    k_matrix
+        ``k_matrix(lam, **options) -> K~`` (..., n, n), antisymmetric entry by entry
+        (K~_ji = -K~_ij, ties included): the stand-in for K of eq. 7. The backward stage
+        assembles dL/dA from it, for eigh and for matrix functions.
+    gradient
+        ``gradient(lam, U, grad_lam, grad_U, **options) -> dL/dA`` for a remedy that is not a
+        K~ (power iteration differentiates its own iterations).
+    f_matrix
+        ``f_matrix(lam, p) -> F`` (..., n, n) of a matrix power Q = U diag(lam^p) U^T, with
+        dL/dA = U (F o U^T sym(dL/dQ) U) U^T: a remedy in divided-difference form only. It
+        has no eigh backward (a loss on eigenvectors has no such form).
+
+    Options are the keyword parameters with defaults of these callables (read once, at
+    registration): the defaults live in the builder's signature and nowhere else.
+
+    Parameters
+    ----------
+    name : str
+        The name users pass as ``backward=``.
+    kept : callable, optional
+        ``kept(lam, **options) -> (..., n)`` mask (1 keep, 0 drop) of the eigen-directions
+        that carry gradient: their rows and columns of K~ and their dL/dlam are zeroed.
+    bound : callable, optional
+        ``bound(options) -> float``: the documented bound on |K~| (inf where there is none).
+    foldable : bool
+        Whether matrix functions may use the folded (divided-difference) form
+        F~_ij = K~_ij (f(lam_i) - f(lam_j)), F~_ii = f'(lam_i), one Hadamard product instead of
+        the chain of eq. 5-7. Exact arithmetic gives the same gradient either way; in floating
+        point the chain forms K~_ij f_i and K~_ij f_j separately and cancels them, which is
+        the failure mode the papers measure for plain SVD, so ``exact`` keeps the chain.
+    checks : mapping
+        Option name -> check (:mod:`svdlib._validation`); an option without one is checked
+        against the type of its default.
+    renamed : mapping
+        Deprecated option name -> current name (accepted with a DeprecationWarning).
+    inherits_shift : str, optional
+        Name of the option that defaults to the diagonal shift ``eps`` of the public call
+        when that shift is > 0 (the papers' one eps, see :mod:`svdlib._options`).
+    reference : str
+        Where the remedy comes from (paper, section).
+    """
+
+    name: str
+    k_matrix: Callable[..., torch.Tensor] | None = None
+    gradient: Callable[..., torch.Tensor] | None = None
+    f_matrix: Callable[..., torch.Tensor] | None = None
+    kept: Callable[..., torch.Tensor] | None = None
+    bound: Callable[[Mapping[str, Any]], float] | None = None
+    foldable: bool = True
+    checks: Mapping[str, Check] = dataclasses.field(default_factory=dict)
+    renamed: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    inherits_shift: str | None = None
+    reference: str = ""
+    defaults: Mapping[str, Any] = dataclasses.field(init=False, repr=False)
+    routes: Mapping[str, tuple[str, ...]] = dataclasses.field(init=False, repr=False)
+    #: Whether :func:`svdlib.eigh` can use it (a K~ or its own gradient); set from the fields.
+    has_eigh_form: bool = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a remedy needs a non-empty name, got {self.name!r}")
+        if self.k_matrix is None and self.gradient is None and self.f_matrix is None:
+            raise ValueError(f"remedy {self.name!r} needs k_matrix, gradient or f_matrix")
+        if self.k_matrix is not None and self.gradient is not None:
+            raise ValueError(f"remedy {self.name!r}: give k_matrix or gradient, not both")
+        defaults: dict[str, Any] = {}
+        routes: dict[str, tuple[str, ...]] = {}
+        for role in ("k_matrix", "kept", "gradient", "f_matrix"):
+            fn = getattr(self, role)
+            if fn is None:
+                continue
+            # The stage passes current option names only: skip any renamed-keyword wrapper.
+            fn = inspect.unwrap(fn)
+            object.__setattr__(self, role, fn)
+            names = []
+            for p in inspect.signature(fn).parameters.values():
+                if p.default is inspect.Parameter.empty or p.kind is inspect.Parameter.VAR_KEYWORD:
+                    continue
+                if p.name in defaults and defaults[p.name] != p.default:
+                    raise ValueError(f"remedy {self.name!r}: option {p.name!r} has two defaults "
+                                     f"({defaults[p.name]!r} and {p.default!r})")
+                defaults[p.name] = p.default
+                names.append(p.name)
+            routes[role] = tuple(names)
+        unknown = sorted(set(self.checks) - set(defaults))
+        if unknown:
+            raise ValueError(f"remedy {self.name!r}: checks for unknown options {unknown}")
+        if self.inherits_shift is not None and self.inherits_shift not in defaults:
+            raise ValueError(f"remedy {self.name!r}: inherits_shift names no option: {self.inherits_shift!r}")
+        checks = {name: self.checks.get(name) or default_check(value) for name, value in defaults.items()}
+        object.__setattr__(self, "checks", checks)
+        object.__setattr__(self, "defaults", defaults)
+        object.__setattr__(self, "routes", routes)
+        object.__setattr__(self, "has_eigh_form", self.k_matrix is not None or self.gradient is not None)
+
+    def __call__(self, lam, U, grad_lam, grad_U, **options) -> torch.Tensor:
+        """dL/dA of the eigendecomposition with this remedy (eager), options validated here."""
+        spec = _options.backward_spec(self, options, use="eigh")
+        return fused.eigen_backward(lam, U, grad_lam, grad_U, spec, compile=False)
+
+
+def register_backward(remedy: Remedy | str, fn: Callable[..., torch.Tensor] | None = None) -> Remedy:
+    """Register a remedy under ``remedy.name`` (replacing one of the same name) and return it.
+
+    ``register_backward(Remedy("mine", k_matrix=k_mine))`` is all a new remedy needs. The older
+    form ``register_backward(name, fn)`` with ``fn(lam, U, grad_lam, grad_U, **options)``
+    registers ``Remedy(name, gradient=fn)``.
+    """
+    if isinstance(remedy, str):
+        if fn is None:
+            raise TypeError("register_backward(name, fn) needs the backward function fn")
+        remedy = Remedy(remedy, gradient=fn)
+    if not isinstance(remedy, Remedy):
+        raise TypeError(f"register_backward expects a svdlib.remedies.Remedy, got {type(remedy).__name__}")
+    BACKWARDS[remedy.name] = remedy
+    _options.forget_specs()
+    return remedy
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -70,31 +206,16 @@ def _pair_max_gap(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.maximum(li, lj), (li - lj).abs()
 
 
-def geometric_series(log_ratio: torch.Tensor, terms: int | float | torch.Tensor) -> torch.Tensor:
-    """sum_{k=0}^{terms-1} r^k with r = exp(log_ratio), computed without cancellation.
-
-    Uses expm1(terms * log r) / expm1(log r), whose limit as r -> 1 is ``terms``; valid for
-    non-integer ``terms`` too (then it is (r^terms - 1)/(r - 1)), which the divided-difference
-    remedy uses for matrix powers.
-    """
-    den = torch.expm1(log_ratio)
-    num = torch.expm1(terms * log_ratio)
-    safe = torch.where(den == 0, torch.ones_like(den), den)
-    limit = torch.as_tensor(terms, dtype=log_ratio.dtype, device=log_ratio.device)
-    return torch.where(den == 0, limit.expand_as(den), num / safe)
-
-
-def apply_k(U: torch.Tensor, K: torch.Tensor, grad_lam: torch.Tensor, grad_U: torch.Tensor) -> torch.Tensor:
-    """dL/dA = sym( U (K^T o (U^T dL/dU) + diag(dL/dlam)) U^T ) (orthogonality paper eq. 7)."""
-    inner = K.transpose(-1, -2) * (U.transpose(-1, -2) @ grad_U)
-    inner = inner + torch.diag_embed(grad_lam)
-    dA = U @ inner @ U.transpose(-1, -2)
-    return 0.5 * (dA + dA.transpose(-1, -2))
-
-
 def _zero_diag(K: torch.Tensor) -> torch.Tensor:
     eye = torch.eye(K.shape[-1], dtype=torch.bool, device=K.device)
     return torch.where(eye, torch.zeros_like(K), K)
+
+
+def _horner(coeffs: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
+    out = torch.full_like(x, coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        out = out * x + c
+    return out
 
 
 # ----------------------------------------------------------------------------- K matrices
@@ -105,24 +226,28 @@ def k_exact(lam: torch.Tensor) -> torch.Tensor:
     return torch.where(eye, torch.zeros_like(diff), 1.0 / torch.where(eye, torch.ones_like(diff), diff))
 
 
-def k_clip(lam: torch.Tensor, threshold: float = 100.0) -> torch.Tensor:
-    """SVD-Clip: K with |K_ij| <= ``threshold``, i.e. the eigengap floored at 1/threshold.
+@renamed_keywords(threshold="k_max")
+def k_clip(lam: torch.Tensor, k_max: float = 100.0) -> torch.Tensor:
+    """SVD-Clip: K with |K_ij| <= ``k_max``, i.e. the eigengap floored at 1/k_max.
 
-    Robust Differentiable SVD sec. 3.5 and Table IV ("SVD-Clip", threshold 100: gap 0.01).
+    Robust Differentiable SVD sec. 3.5 and Table IV ("SVD-Clip", 100 in the TPAMI code: gap
+    0.01).
     """
     _, gap = _pair_max_gap(lam)
-    return _zero_diag(_pair_sign(lam) / gap.clamp_min(1.0 / threshold))
+    return _zero_diag(_pair_sign(lam) / gap.clamp_min(1.0 / k_max))
 
 
-def k_taylor(lam: torch.Tensor, degree: int = 9, eps: float = 1e-10) -> torch.Tensor:
+@renamed_keywords(eps="floor")
+def k_taylor(lam: torch.Tensor, degree: int = 9, floor: float = 1e-10) -> torch.Tensor:
     """Degree-``degree`` Taylor expansion of K (Robust Differentiable SVD sec. 3.2, eq. 9-12).
 
     For lam_i >= lam_j: 1/(lam_i - lam_j) = (1/lam_i) * 1/(1 - lam_j/lam_i) and 1/(1-x) is
-    replaced by 1 + x + ... + x^degree. Eigenvalues are clamped at ``eps`` first, so with
-    x in (0, 1], |K~_ij| <= (degree + 1)/eps. The series is summed in closed form without
-    cancellation (:func:`geometric_series`). Assumes a positive semi-definite input.
+    replaced by 1 + x + ... + x^degree. Eigenvalues are clamped at ``floor`` first (1e-10 and
+    degree 9 in the TPAMI code; the ICCV code uses degree 100), so with x in (0, 1],
+    |K~_ij| <= (degree + 1)/floor. The series is summed in closed form without cancellation
+    (:func:`geometric_series`). Assumes a positive semi-definite input.
     """
-    lam = lam.clamp_min(eps)
+    lam = lam.clamp_min(floor)
     big, gap = _pair_max_gap(lam)
     log_ratio = torch.log1p(-gap / big)
     return _zero_diag(_pair_sign(lam) * geometric_series(log_ratio, degree + 1) / big)
@@ -151,20 +276,36 @@ def pade_coefficients(taylor: np.ndarray | list[float], p: int, q: int) -> tuple
     return a, b
 
 
+@dataclasses.dataclass(frozen=True)
+class PadeOrder:
+    """The order [p/q] of :func:`k_pade` with its coefficients for 1/(1-x), computed once.
+
+    The option check turns ``order=(p, q)`` into this, so the backward stage evaluates plain
+    constants (nothing torch.compile would have to trace through numpy).
+    """
+
+    p: int
+    q: int
+    numerator: tuple[float, ...] = dataclasses.field(repr=False, compare=False)
+    denominator: tuple[float, ...] = dataclasses.field(repr=False, compare=False)
+
+
 @functools.lru_cache(maxsize=16)
-def _geometric_pade(p: int, q: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _geometric_pade(p: int, q: int) -> PadeOrder:
     a, b = pade_coefficients(np.ones(p + q + 1), p, q)
-    return tuple(a.tolist()), tuple(b.tolist())
+    return PadeOrder(p, q, tuple(a.tolist()), tuple(b.tolist()))
 
 
-def _horner(coeffs: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
-    out = torch.full_like(x, coeffs[-1])
-    for c in reversed(coeffs[:-1]):
-        out = out * x + c
-    return out
+def pade_order(order, name: str = "order") -> PadeOrder:
+    """``order`` as a :class:`PadeOrder` (two integers p, q >= 0, or a PadeOrder)."""
+    if isinstance(order, PadeOrder):
+        return order
+    p, q = integer_pair(0)(order, name)
+    return _geometric_pade(p, q)
 
 
-def k_pade(lam: torch.Tensor, order: tuple[int, int] = (50, 50), eps: float = FLOAT64_EPS) -> torch.Tensor:
+@renamed_keywords(eps="floor")
+def k_pade(lam: torch.Tensor, order: tuple[int, int] = (50, 50), floor: float = FLOAT64_EPS) -> torch.Tensor:
     """SVD-Padé (ICCV 2021): 1/(1-x) of the Taylor form replaced by its [p/q] Padé approximant.
 
     Coefficients come from the p+q+1 Taylor coefficients of 1/(1-x) (:func:`pade_coefficients`;
@@ -174,80 +315,51 @@ def k_pade(lam: torch.Tensor, order: tuple[int, int] = (50, 50), eps: float = FL
     either sign, so a tie gives either an enormous value (|K~| ~ 1e16/lam) or a non-positive
     denominator. Following the ICCV overflow patch, non-finite entries and entries whose
     denominator is <= 0 are replaced by the largest remaining |K~| of the batch (with the
-    pair's sign). It is therefore *not* bounded at ties: notebook 03 measures this. Eigenvalues are clamped at ``eps`` (float64 machine
-    eps, as in the ICCV code).
+    pair's sign). It is therefore *not* bounded at ties: notebook 03 measures this.
+    Eigenvalues are clamped at ``floor`` (float64 machine eps, as in the ICCV code).
     """
-    p, q = (int(order[0]), int(order[1]))
-    if p < 0 or q < 0:
-        raise ValueError(f"order must be two non-negative integers (p, q), got {order}")
-    a, b = _geometric_pade(p, q)
-    lam64 = lam.to(torch.float64).clamp_min(eps)
+    approximant = pade_order(order)
+    a, b = approximant.numerator, approximant.denominator
+    lam64 = lam.to(torch.float64).clamp_min(floor)
     li, lj = lam64[..., :, None], lam64[..., None, :]
     big, small = torch.maximum(li, lj), torch.minimum(li, lj)
     x = small / big
     denominator = _horner(b, x)
-    K = _pair_sign(lam64) * _horner(a, x) / (denominator * big)
-    K = _zero_diag(K)
+    sign = _pair_sign(lam64)
+    K = _zero_diag(sign * _horner(a, x) / (denominator * big))
     # Q(x) > 0 on [0, 1) in exact arithmetic; Q <= 0 only happens at (near-)ties by rounding.
     finite = torch.isfinite(K) & (denominator > 0)
     extreme = torch.where(finite, K.abs(), torch.zeros_like(K)).amax()
-    K = torch.where(finite, K, _pair_sign(lam64) * extreme)
-    return K.to(lam.dtype)
+    return torch.where(finite, K, sign * extreme).to(lam.dtype)
 
 
-# ----------------------------------------------------------------------------- remedies
-def exact(lam, U, grad_lam, grad_U):
-    """Exact analytic gradient (eq. 7). Inf/NaN at repeated eigenvalues: the reference."""
-    return apply_k(U, k_exact(lam), grad_lam, grad_U)
+def k_truncate(lam: torch.Tensor, k_max: float = 1e10) -> torch.Tensor:
+    """The K~ of the kept directions of ``truncate``: exact, |K~| clamped at ``k_max`` (1e10 in
+    the ICCV code), so ties among kept directions stay finite."""
+    return k_clip(lam, k_max)
 
 
-def clip(lam, U, grad_lam, grad_U, *, threshold: float = 100.0):
-    """SVD-Clip: exact K with |K_ij| clipped at ``threshold`` (default 100, TPAMI code)."""
-    return apply_k(U, k_clip(lam, threshold), grad_lam, grad_U)
+def kept_directions(lam: torch.Tensor, cutoff: float | None = 1e-5, top_n: int | None = None) -> torch.Tensor:
+    """1 for the eigen-directions ``truncate`` keeps, 0 for those it drops (ICCV 2021).
 
-
-def taylor(lam, U, grad_lam, grad_U, *, degree: int = 9, eps: float = 1e-10):
-    """SVD-Taylor (Robust Differentiable SVD sec. 3.2): |K~| <= (degree+1)/eps.
-
-    Defaults from the TPAMI code: degree 9, eigenvalue floor 1e-10 (the ICCV code uses
-    degree 100).
-    """
-    if degree < 0:
-        raise ValueError(f"degree must be >= 0, got {degree}")
-    return apply_k(U, k_taylor(lam, degree, eps), grad_lam, grad_U)
-
-
-def pade(lam, U, grad_lam, grad_U, *, order: tuple[int, int] = (50, 50), eps: float = FLOAT64_EPS):
-    """SVD-Padé (ICCV 2021), see :func:`k_pade` for what it does at ties."""
-    return apply_k(U, k_pade(lam, order, eps), grad_lam, grad_U)
-
-
-def truncate(lam, U, grad_lam, grad_U, *, threshold: float | None = 1e-5, top_n: int | None = None,
-             clamp: float = 1e10):
-    """Drop eigen-directions from the gradient (ICCV 2021 remedies).
-
-    Directions with lam < ``threshold`` and, if ``top_n`` is given, all but the ``top_n``
-    largest are removed: their rows and columns of K and their dL/dlam are zeroed. The
-    remaining K is the exact one with |K| clamped at ``clamp`` (1e10 in the ICCV code), so
-    ties among kept directions stay finite.
+    Dropped: lam < ``cutoff`` and, when ``top_n`` is given, all but the ``top_n`` largest.
     """
     n = lam.shape[-1]
     keep = torch.ones_like(lam, dtype=torch.bool)
-    if threshold is not None:
-        keep = keep & (lam >= threshold)
+    if cutoff is not None:
+        keep = keep & (lam >= cutoff)
     if top_n is not None:
         if not 0 <= top_n <= n:
             raise ValueError(f"top_n must be in [0, {n}], got {top_n}")
-        idx = torch.arange(n, device=lam.device)
-        keep = keep & (idx >= n - top_n)
-    keep = keep.to(lam.dtype)
-    K = k_clip(lam, clamp) * keep[..., :, None] * keep[..., None, :]
-    return apply_k(U, K, grad_lam * keep, grad_U)
+        keep = keep & (torch.arange(n, device=lam.device) >= n - top_n)
+    return keep.to(lam.dtype)
 
 
-def power_iteration(lam, U, grad_lam, grad_U, *, iterations: int = 9, eps: float = 1e-5,
-                    energy_tol: float = 1e-4, rel_tol: float = 0.1, norm_floor: float = 1e-5):
-    """SVD-PI: SVD forward, gradient of power iterations with deflation (Robust Differentiable
+# ----------------------------------------------------------------------------- power iteration
+def power_iteration_gradient(lam, U, grad_lam, grad_U, *, iterations: int = 9, floor: float = 1e-5,
+                             null_rtol: float = 1e-5, energy_tol: float | None = 1e-4,
+                             rel_tol: float = 0.1, norm_floor: float = 1e-5):
+    r"""SVD-PI: SVD forward, gradient of power iterations with deflation (Robust Differentiable
     SVD sec. 3.3-3.4, Alg. 1; Backpropagation-Friendly Eigendecomposition, NeurIPS 2019).
 
     M = U diag(lam) U^T is rebuilt from the eigenpairs. For each eigenvector u (largest first)
@@ -255,30 +367,50 @@ def power_iteration(lam, U, grad_lam, grad_U, *, iterations: int = 9, eps: float
     start at u, then M <- M - M v v^T; the gradient is that of this whole computation
     (autograd inside the backward), so for the dominant eigenvector it is
 
-        sum_{k=0..iterations} (M/||Mv||)^k (I - v v^T)/||Mv|| g v^T,
+    .. math:: \sum_{k=0}^{n} (M/\|Mv\|)^k (I - v v^T)/\|Mv\| \, g v^T,
 
     the degree-``iterations`` Taylor gradient (the Proposition of sec. 3.3), and the deflation
-    steps carry the coupling to the larger eigenvectors. Deflation stops, and the remaining
-    directions get no gradient, as in Alg. 1: when the captured energy reaches
-    1 - ``energy_tol`` of the trace, lam <= ``eps``, the Rayleigh quotient of the deflated M is
-    non-positive or differs from the SVD eigenvalue by more than ``rel_tol``.
-    ``iterations`` = 9 (TPAMI; 19 in NeurIPS). Masks, not Python breaks, so it batches; it is
-    not meant for torch.func transforms of the backward.
+    steps carry the coupling to the larger eigenvectors. ``iterations`` = 9 (TPAMI; 19 in
+    NeurIPS).
+
+    **Which directions get a gradient.** The published code (NeurIPS 2019, reused by TPAMI)
+    walks the eigenvalues e_1 >= e_2 >= ... and stops at the first j with
+
+    * cumsum(e)_j / sum(e) >= 1 - ``energy_tol``: the cumulative energy *including* direction
+      j reaches the tolerance, so j itself is dropped. We follow this rule, so the smallest
+      direction never gets a gradient (its cumulative energy is the total); an earlier
+      version counted only the directions before j and kept one direction more than the
+      published method. ``energy_tol=None`` switches the test off.
+    * e_j <= eps, with eps the diagonal shift: a direction holding nothing but the shift is
+      a null direction of the covariance. Such eigenvalues are eps up to rounding, so the
+      published test is decided by rounding. Ours drops j when
+      e_j <= ``floor`` + ``null_rtol`` * e_max: the floor is the shift (see
+      :mod:`svdlib._options`), and the margin, relative to the largest eigenvalue, is far
+      above the eigensolver's rounding, so it decides every null direction the same way.
+    * the Rayleigh quotient of the deflated M at u is <= 0, or differs from e_j by more than
+      ``rel_tol`` (10%) relative: deflation has accumulated too much rounding.
+
+    Every later direction is dropped too (the published loop breaks). Masks, not Python
+    breaks, so it batches; it is not meant for torch.func transforms of the backward.
     """
     n = lam.shape[-1]
     U, lam, grad_U, grad_lam = U.detach(), lam.detach(), grad_U.detach(), grad_lam.detach()
+    total = lam.clamp_min(0).sum(-1)
+    lam_max = lam.abs().amax(-1)
 
     def objective(A):
         M = A
-        total = lam.clamp_min(0).sum(-1)
         captured = torch.zeros_like(total)
         active = torch.ones_like(total, dtype=torch.bool)
         loss = torch.zeros((), dtype=lam.dtype, device=lam.device)
         for i in range(n - 1, -1, -1):
             u, lam_i = U[..., :, i], lam[..., i]
+            captured = captured + lam_i.clamp_min(0)
             with torch.no_grad():
                 rayleigh = (u * (M.detach() @ u.unsqueeze(-1)).squeeze(-1)).sum(-1)
-                active = active & (captured < (1 - energy_tol) * total) & (lam_i > eps) & (rayleigh > 0)
+                if energy_tol is not None:
+                    active = active & (captured < (1 - energy_tol) * total)
+                active = active & (lam_i > floor + null_rtol * lam_max) & (rayleigh > 0)
                 active = active & ((rayleigh - lam_i).abs() <= rel_tol * lam_i.abs())
             v = u
             for _ in range(iterations + 1):
@@ -288,58 +420,43 @@ def power_iteration(lam, U, grad_lam, grad_U, *, iterations: int = 9, eps: float
             term = (grad_U[..., :, i] * v).sum(-1) + grad_lam[..., i] * (v * Mv).sum(-1)
             loss = loss + (active.to(lam.dtype) * term).sum()
             M = M - Mv.unsqueeze(-1) * v.unsqueeze(-2)
-            captured = captured + lam_i
         return loss
 
     grad = torch.func.grad(objective)((U * lam.unsqueeze(-2)) @ U.transpose(-1, -2))
     return 0.5 * (grad + grad.transpose(-1, -2))
 
 
-def divided_difference(lam, U, grad_lam, grad_U, **_):
-    """Exact Daleckii-Krein gradient of a matrix function; see :mod:`svdlib.divided_difference`.
+# ----------------------------------------------------------------------------- the registry
+_POSITIVE = real(0.0, exclusive=True)
+_NON_NEGATIVE = real(0.0)
 
-    It needs the function f (the gradient of Q = U f(Lambda) U^T combines the eigenvector and
-    eigenvalue paths), so it exists for sqrtm / inv_sqrtm / powm, not for eigh itself.
-    """
-    raise ValueError(
-        "backward='divided_difference' applies to matrix functions (svdlib.sqrtm, inv_sqrtm, "
-        "powm), whose gradient it computes exactly; a loss on the eigenvectors of svdlib.eigh "
-        "has no such form: choose 'taylor', 'pade', 'clip', 'power_iteration', 'truncate' or 'exact'"
-    )
-
-
-BACKWARDS: dict[str, Callable[..., torch.Tensor]] = {
-    "exact": exact,
-    "clip": clip,
-    "taylor": taylor,
-    "pade": pade,
-    "power_iteration": power_iteration,
-    "truncate": truncate,
-    "divided_difference": divided_difference,
-}
-
-
-def register_backward(name: str, fn: Callable[..., torch.Tensor]) -> None:
-    """Add a remedy ``fn(lam, U, grad_lam, grad_U, **options) -> dL/dA`` to the registry."""
-    BACKWARDS[name] = fn
-
-
-def takes_option(backward: str, option: str) -> bool:
-    """True when the remedy ``backward`` accepts keyword option ``option``."""
-    params = inspect.signature(BACKWARDS[backward]).parameters
-    return option in params and params[option].kind is inspect.Parameter.KEYWORD_ONLY
-
-
-def validate_options(backward: str, options: dict) -> None:
-    """Raise a clear error for an unknown remedy name or option."""
-    if backward not in BACKWARDS:
-        raise ValueError(f"unknown backward {backward!r}; expected one of {sorted(BACKWARDS)}")
-    if backward == "divided_difference":
-        return
-    params = inspect.signature(BACKWARDS[backward]).parameters
-    allowed = [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for backward={backward!r}; valid options: {allowed or 'none'}"
-        )
+exact = register_backward(Remedy(
+    "exact", k_matrix=k_exact, bound=lambda o: math.inf, foldable=False,
+    reference="orthogonality paper eq. 7: the plain-SVD reference (Inf/NaN at ties)"))
+clip = register_backward(Remedy(
+    "clip", k_matrix=k_clip, bound=lambda o: o["k_max"],
+    checks={"k_max": _POSITIVE}, renamed={"threshold": "k_max"},
+    reference="Robust Differentiable SVD sec. 3.5, SVD-Clip"))
+taylor = register_backward(Remedy(
+    "taylor", k_matrix=k_taylor, bound=lambda o: (o["degree"] + 1) / o["floor"],
+    checks={"degree": integer(0), "floor": _POSITIVE}, renamed={"eps": "floor"}, inherits_shift="floor",
+    reference="Robust Differentiable SVD sec. 3.2, SVD-Taylor"))
+pade = register_backward(Remedy(
+    "pade", k_matrix=k_pade, bound=lambda o: math.inf,
+    checks={"order": pade_order, "floor": _POSITIVE}, renamed={"eps": "floor"}, inherits_shift="floor",
+    reference="Why Approximate Matrix Square Root Outperforms Accurate SVD in GCP (ICCV 2021), SVD-Padé"))
+power_iteration = register_backward(Remedy(
+    "power_iteration", gradient=power_iteration_gradient,
+    checks={"iterations": integer(1), "floor": _NON_NEGATIVE, "null_rtol": _NON_NEGATIVE,
+            "energy_tol": optional(real(0.0, maximum=1.0)), "rel_tol": real(0.0, allow_inf=True),
+            "norm_floor": _NON_NEGATIVE},
+    renamed={"eps": "floor"}, inherits_shift="floor",
+    reference="Robust Differentiable SVD sec. 3.3-3.4 (Alg. 1), NeurIPS 2019, SVD-PI"))
+truncate = register_backward(Remedy(
+    "truncate", k_matrix=k_truncate, kept=kept_directions, bound=lambda o: o["k_max"], foldable=False,
+    checks={"k_max": _POSITIVE, "cutoff": optional(real()), "top_n": optional(integer(0))},
+    renamed={"threshold": "cutoff", "clamp": "k_max"},
+    reference="ICCV 2021 remedies: drop small (or all but the top-N) eigen-directions"))
+divided_difference = register_backward(Remedy(
+    "divided_difference", f_matrix=divided_difference_matrix,
+    reference="Daleckii-Krein divided differences: the exact gradient of a matrix function (svdlib)"))

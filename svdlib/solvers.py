@@ -2,31 +2,58 @@
 
 A solver maps a batch of symmetric matrices (..., n, n) to ascending eigenvalues
 (..., n), eigenvectors in columns (..., n, n) and, optionally, a per-matrix success mask.
-Registry (:data:`SOLVERS`):
+Registry (:data:`SOLVERS`, one :class:`Solver` record per name):
 
 - ``"torch"``: :func:`torch.linalg.eigh`, any device.
-- ``"cusolver_batched"``: cuSOLVER's ``XsyevBatched`` via nvmath-python, CUDA only
-  (one batched call; see ../shared/GPU.md for why this matters for n > 32).
+- ``"cusolver_batched"``: cuSOLVER's ``XsyevBatched`` via nvmath-python, CUDA only: one
+  batched call, where torch.linalg.eigh loops over the batch on CUDA for n > 32.
+- ``"power_iteration_forward"``: the "PI" baseline of Robust Differentiable SVD (Tables
+  III-IV), power iteration with deflation (:func:`power_iteration_eigh`). It is
+  *differentiable*: autograd goes through its iterations and no remedy is used. (Its old name
+  ``"power_iteration"`` is accepted with a warning; that name is the backward remedy's.)
 
 ``"auto"`` picks ``"cusolver_batched"`` for CUDA tensors when nvmath-python is importable
-and ``"torch"`` otherwise (silently on CPU, with a one-time warning on CUDA).
-
-The power-iteration *forward* baseline ("PI" in Robust Differentiable SVD, Tables III-IV)
-is :func:`power_iteration_eigh`; it is differentiated by autograd, not by a remedy.
+and ``"torch"`` otherwise (silently on CPU, with a one-time warning on CUDA). Adding a solver
+is one function and one :func:`register_solver` line (docs/architecture.md).
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
 from typing import Callable
 
 import torch
 
-from . import _cusolver
-from .diagnostics import record_failures
+from . import _cusolver, diagnostics
+from ._validation import raise_non_finite
 
-__all__ = ["SOLVERS", "register_solver", "resolve_solver", "solve", "power_iteration_eigh"]
+__all__ = ["SOLVERS", "Solver", "register_solver", "resolve_solver", "solver_for", "canonical_name",
+           "is_differentiable",
+           "solve", "power_iteration_eigh"]
 
 SolverResult = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
+
+#: Old solver names, accepted with a FutureWarning: old -> current.
+RENAMED = {"power_iteration": "power_iteration_forward"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Solver:
+    """One forward eigensolver.
+
+    ``fn(A, **kw) -> (lam, U, ok)`` with ``ok`` a per-matrix success mask or None.
+    ``differentiable``: autograd differentiates through ``fn`` itself (no remedy, no failure
+    check); ``fn`` then takes ``iterations=`` (default: its own signature's).
+    ``needs_cuda``: refuses tensors on other devices.
+    """
+
+    fn: Callable[..., SolverResult]
+    differentiable: bool = False
+    needs_cuda: bool = False
+
+    def __call__(self, A: torch.Tensor, **kw) -> SolverResult:
+        return self.fn(A, **kw)
 
 
 def _torch_solver(A: torch.Tensor) -> SolverResult:
@@ -53,17 +80,42 @@ def _cusolver_solver(A: torch.Tensor) -> SolverResult:
     return lam, U, info == 0
 
 
-SOLVERS: dict[str, Callable[[torch.Tensor], SolverResult]] = {
-    "torch": _torch_solver,
-    "cusolver_batched": _cusolver_solver,
-}
+def _power_iteration_solver(A: torch.Tensor, iterations: int | None = None) -> SolverResult:
+    lam, U = power_iteration_eigh(A) if iterations is None else power_iteration_eigh(A, iterations)
+    return lam, U, None
+
+
+SOLVERS: dict[str, Solver] = {}
 
 _warned_cuda_fallback = False
 
 
-def register_solver(name: str, fn: Callable[[torch.Tensor], SolverResult]) -> None:
-    """Add a forward solver to the registry (used by tests to inject failures)."""
-    SOLVERS[name] = fn
+def register_solver(name: str, fn: Callable[..., SolverResult], *, differentiable: bool = False,
+                    needs_cuda: bool = False) -> Solver:
+    """Register ``fn(A) -> (lam, U, ok | None)`` as solver ``name`` and return its record."""
+    record = fn if isinstance(fn, Solver) else Solver(fn, differentiable, needs_cuda)
+    SOLVERS[name] = record
+    return record
+
+
+register_solver("torch", _torch_solver)
+register_solver("cusolver_batched", _cusolver_solver, needs_cuda=True)
+register_solver("power_iteration_forward", _power_iteration_solver, differentiable=True)
+
+
+def canonical_name(name: str) -> str:
+    """``name`` with a renamed solver mapped to its current name (warns)."""
+    if name in RENAMED:
+        warnings.warn(f"solver={name!r} is deprecated; use solver={RENAMED[name]!r} "
+                      "(the name 'power_iteration' is the backward remedy's; see CHANGELOG.md)",
+                      FutureWarning, stacklevel=4)
+        return RENAMED[name]
+    return name
+
+
+def is_differentiable(name: str) -> bool:
+    """Whether solver ``name`` is differentiated by autograd (no remedy)."""
+    return bool(getattr(SOLVERS.get(RENAMED.get(name, name)), "differentiable", False))
 
 
 def resolve_solver(name: str, device: torch.device) -> str:
@@ -83,11 +135,19 @@ def resolve_solver(name: str, device: torch.device) -> str:
                     stacklevel=3,
                 )
         return "torch"
+    name = canonical_name(name)
     if name not in SOLVERS:
-        raise ValueError(f"unknown solver {name!r}; expected 'auto', 'power_iteration' or one of {sorted(SOLVERS)}")
-    if name == "cusolver_batched" and device.type != "cuda":
-        raise ValueError(f"solver='cusolver_batched' needs a CUDA tensor, got device {device}")
+        raise ValueError(f"unknown solver {name!r}; expected 'auto' or one of {sorted(SOLVERS)}")
+    if getattr(SOLVERS[name], "needs_cuda", False) and device.type != "cuda":
+        raise ValueError(f"solver={name!r} needs a CUDA tensor, got device {device}")
     return name
+
+
+def solver_for(name: str, A: torch.Tensor) -> str:
+    """:func:`resolve_solver` for the device of ``A`` ("auto" off CUDA is "torch" at once)."""
+    if name == "auto" and not A.is_cuda:
+        return "torch"
+    return resolve_solver(name, A.device)
 
 
 def _repair_one(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -113,20 +173,38 @@ def _repair_one(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
     return lam.to(A.dtype), U.to(A.dtype), "diagonal fallback"
 
 
-def solve(A: torch.Tensor, solver: str = "torch", traced: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def solve(A: torch.Tensor, solver: str = "torch", traced: bool = False, name: str = "A",
+          source: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run solver ``solver`` on ``A`` (..., n, n); detect and repair failed matrices.
 
-    Only the failed matrices are recomputed (:func:`_repair_one`), each is counted in
-    :mod:`svdlib.diagnostics`, and the batch never crashes because one matrix failed.
-    When ``traced`` (torch.compile / vmap) the data-dependent check is skipped.
+    The check costs one host synchronisation and no pass over U: the sum of the eigenvalues
+    is NaN or Inf as soon as one of them is, and a solver's failure mask is folded in (with
+    :func:`svdlib.diagnostics.check_eigenvectors` on, the eigenvectors' sum too). Only when
+    it is not finite are the matrices examined one by one: a non-finite input (``source``,
+    default ``A``) raises ValueError naming ``name`` (NaN/Inf input gives non-finite
+    eigenvalues or a solver error, so it needs no scan of its own); otherwise only the failed
+    matrices are recomputed (:func:`_repair_one`), each is counted in
+    :mod:`svdlib.diagnostics`, and the batch never crashes because one matrix failed. When
+    ``traced`` (torch.compile / vmap) the data-dependent check is skipped.
     """
-    lam, U, ok = SOLVERS[solver](A)
+    entry = SOLVERS[solver]
+    lam, U, ok = (entry.fn if type(entry) is Solver else entry)(A)
     if traced:
+        return lam, U
+    total = lam.sum()
+    if diagnostics._check_eigenvectors:
+        total = total + U.sum()
+    if ok is not None:
+        total = torch.where(ok.all(), total, torch.full_like(total, math.nan))
+    if math.isfinite(total.item()):
         return lam, U
     finite = torch.isfinite(lam).all(-1) & torch.isfinite(U).all(-1).all(-1)
     ok = finite if ok is None else (ok & finite)
-    if bool(ok.all()):
+    if bool(ok.all()):  # the sum overflowed on finite values: nothing failed
         return lam, U
+    source = A if source is None else source
+    if not bool(torch.isfinite(source).all()):
+        raise_non_finite(source, name)
     n = A.shape[-1]
     bad = (~ok).reshape(-1).nonzero().flatten().tolist()
     lam_f, U_f, A_f = lam.reshape(-1, n).clone(), U.reshape(-1, n, n).clone(), A.reshape(-1, n, n)
@@ -134,7 +212,7 @@ def solve(A: torch.Tensor, solver: str = "torch", traced: bool = False) -> tuple
     for b in bad:
         lam_f[b], U_f[b], h = _repair_one(A_f[b])
         how.append(h)
-    record_failures(len(bad), solver=solver, indices=bad, repaired_by=how)
+    diagnostics.record_failures(len(bad), solver=solver, indices=bad, repaired_by=how)
     return lam_f.reshape(lam.shape), U_f.reshape(U.shape)
 
 
@@ -142,7 +220,7 @@ def power_iteration_eigh(A: torch.Tensor, iterations: int = 19) -> tuple[torch.T
     """All eigenpairs by power iteration with deflation, differentiable by autograd.
 
     The "PI" baseline of Robust Differentiable SVD (sec. 3.4, Alg. 1 forward; Tables
-    III-IV): for each eigenvector from the largest down, ``iterations`` steps of
+    III-IV), solver ``"power_iteration_forward"``: for each eigenvector from the largest down, ``iterations`` steps of
     v <- M v / ||M v|| from a fixed start, Rayleigh quotient lambda = v^T M v, deflation
     M <- M - lambda v v^T. Round-off accumulates along the deflation, and convergence is
     slow when eigenvalue ratios approach one: this is the baseline that fails, kept as is.

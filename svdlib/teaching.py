@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 import torch
 
 from . import remedies
+from ._validation import renamed_keywords
 from .eigen import eigh
 
 __all__ = [
@@ -94,7 +95,7 @@ def eigenvector_gradients(A: torch.Tensor, W: torch.Tensor, method: str = REFERE
         Symmetric weight of the loss.
     method : str
         ``"reference"``: torch.linalg.eigh's own analytic backward (independent of svdlib);
-        ``"pi_forward"``: the "PI" baseline, ``svdlib.eigh(solver="power_iteration")``
+        ``"pi_forward"``: the "PI" baseline, ``svdlib.eigh(solver="power_iteration_forward")``
         (forward and backward through power iteration with deflation; ``iterations`` option,
         default 19); any other name: that remedy of :data:`svdlib.BACKWARDS` with the
         torch solver and remedy ``options`` (e.g. ``degree=9``).
@@ -116,7 +117,7 @@ def eigenvector_gradients(A: torch.Tensor, W: torch.Tensor, method: str = REFERE
             raise ValueError(f"method='reference' takes no options, got {sorted(options)}")
         _, U = torch.linalg.eigh(batch)
     elif method == PI_FORWARD:
-        _, U = eigh(batch, solver="power_iteration", **options)
+        _, U = eigh(batch, solver="power_iteration_forward", **options)
     else:
         _, U = eigh(batch, backward=method, solver="torch", **options)
     idx = torch.arange(n)
@@ -149,7 +150,7 @@ def proposition_errors(A: torch.Tensor, g: torch.Tensor, degrees: Iterable[int])
 
     For L = g^T u_1 (u_1 the dominant eigenvector of the symmetric PSD matrix A) compares
 
-    * ``taylor``: svdlib.eigh with backward="taylor", degree K (eps 1e-300: no clamping);
+    * ``taylor``: svdlib.eigh with backward="taylor", degree K (floor 1e-300: no clamping);
     * ``power_iteration``: :func:`power_iteration_gradient` with K + 1 steps from u_1;
     * ``exact``: torch.linalg.eigh's analytic backward.
 
@@ -163,8 +164,13 @@ def proposition_errors(A: torch.Tensor, g: torch.Tensor, degrees: Iterable[int])
     A = A.detach()
     lam, U = torch.linalg.eigh(A)
     u1 = U[:, -1]
+    # An eigenvector's sign is arbitrary and solvers differ in the one they return: each
+    # gradient is taken for the eigenvector oriented like u_1, so the comparison is portable.
+    def oriented(v):
+        return torch.sign(v.detach() @ u1) * v
+
     A_ref = A.clone().requires_grad_(True)
-    (exact,) = torch.autograd.grad(g @ torch.linalg.eigh(A_ref)[1][:, -1], A_ref)
+    (exact,) = torch.autograd.grad(g @ oriented(torch.linalg.eigh(A_ref)[1][:, -1]), A_ref)
     exact = _symmetrise(exact)
     x = lam[:-1] / lam[-1]
     coeff = U[:, :-1].T @ g
@@ -172,9 +178,9 @@ def proposition_errors(A: torch.Tensor, g: torch.Tensor, degrees: Iterable[int])
     for K in degrees:
         K = int(K)
         A_t = A.clone().requires_grad_(True)
-        # eps=1e-300: no eigenvalue floor, so the comparison is with the pure Taylor series.
-        _, U_t = eigh(A_t, backward="taylor", degree=K, eps=1e-300)
-        (taylor,) = torch.autograd.grad(g @ U_t[:, -1], A_t)
+        # floor=1e-300: no eigenvalue floor, so the comparison is with the pure Taylor series.
+        _, U_t = eigh(A_t, backward="taylor", degree=K, floor=1e-300)
+        (taylor,) = torch.autograd.grad(g @ oriented(U_t[:, -1]), A_t)
         pi = power_iteration_gradient(A, u1, g, K + 1)
         missed = coeff * x.pow(K + 1) / (1 - x) / lam[-1]
         rows.append({
@@ -219,16 +225,17 @@ def min_relative_eigengaps(dims: Sequence[int], trials: int = 200, samples_per_d
     return out
 
 
-def k_column_angles(lam: torch.Tensor, degree: int = 9, threshold: float = 100.0,
-                    eps: float = 1e-12) -> dict[str, torch.Tensor]:
+@renamed_keywords(threshold="k_max", eps="floor")
+def k_column_angles(lam: torch.Tensor, degree: int = 9, k_max: float = 100.0,
+                    floor: float = 1e-12) -> dict[str, torch.Tensor]:
     r"""Angle (degrees) of the smallest eigenvalue's column of K, exact vs Taylor vs clip.
 
     Robust Differentiable SVD app. 7.1-7.2 (eq. 34-59): for a 3 x 3 covariance with
     lam_1 >= lam_2 >= lam_3 the column of K belonging to lam_3 is the 2D vector
     k = (1/(lam_1 - lam_3), 1/(lam_2 - lam_3)) (its third entry is 0); its angle to the lam_1
     axis is theta = atan2(k_2, k_1), in [45, 90] degrees. The remedies replace k by
-    k~ (:func:`svdlib.remedies.k_taylor`, degree ``degree``, floor ``eps``) or k^
-    (:func:`svdlib.remedies.k_clip`, ``threshold``), and the direction error is
+    k~ (:func:`svdlib.remedies.k_taylor`, degree ``degree``, eigenvalue floor ``floor``) or k^
+    (:func:`svdlib.remedies.k_clip`, |K| bound ``k_max``), and the direction error is
     theta~ - theta. At lam_2 == lam_3 the exact k_2 is infinite and theta = 90 degrees.
 
     Parameters
@@ -249,8 +256,8 @@ def k_column_angles(lam: torch.Tensor, degree: int = 9, threshold: float = 100.0
     out = {}
     for name, K in (
         ("exact", remedies.k_exact(asc)),
-        ("taylor", remedies.k_taylor(asc, degree=degree, eps=eps)),
-        ("clip", remedies.k_clip(asc, threshold=threshold)),
+        ("taylor", remedies.k_taylor(asc, degree=degree, floor=floor)),
+        ("clip", remedies.k_clip(asc, k_max=k_max)),
     ):
         k1, k2 = K[..., 2, 0], K[..., 1, 0]  # 1/(lam_1 - lam_3), 1/(lam_2 - lam_3)
         out[name] = torch.rad2deg(torch.atan2(k2, k1))
@@ -274,7 +281,7 @@ def taylor_discarded_fraction(ratios, degrees) -> torch.Tensor:
     exact = 1.0 / (1.0 - x)
     rows = []
     for K in degrees:
-        taylor = remedies.k_taylor(lam, degree=int(K), eps=1e-300)[..., 1, 0]
+        taylor = remedies.k_taylor(lam, degree=int(K), floor=1e-300)[..., 1, 0]
         rows.append(1.0 - taylor / exact)
     return torch.stack(rows)
 

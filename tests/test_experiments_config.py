@@ -100,6 +100,30 @@ def test_validation_names_the_field():
         config_from_dict({"epochs": 1, "epoch": 2})
 
 
+def test_meta_layer_fields_are_checked_when_the_config_is_built(small_yaml):
+    """backward, solver and remedy_options fail at load, with the matrix functions' own checks."""
+    with pytest.raises(ValueError, match=r"backward must be one of \["):
+        load_config(small_yaml, overrides=["backward=taylr"])
+    with pytest.raises(ValueError, match=r"remedy_options: unknown option\(s\) \['degre'\] for backward='taylor'"):
+        load_config(small_yaml, overrides=["remedy_options.degre=3"])
+    with pytest.raises(ValueError, match=r"remedy_options: backward='taylor': option degree must be an integer >= 0"):
+        load_config(small_yaml, overrides=["remedy_options.degree=-2"])
+    with pytest.raises(ValueError, match="remedy_options: iterations must be an integer >= 1"):
+        load_config(small_yaml, overrides=["remedy_options.iterations=0"])
+    with pytest.raises(ValueError, match=r"solver must be one of \['auto'"):
+        load_config(small_yaml, overrides=["solver=lapack"])
+    cfg = load_config(small_yaml, overrides=["solver=power_iteration_forward", "remedy_options={iterations: 19}"])
+    assert cfg.solver == "power_iteration_forward"
+    # the old place of the solver moves to the field, with a warning
+    with pytest.warns(FutureWarning) as record:
+        old = ExperimentConfig(backward="exact", remedy_options={"solver": "power_iteration", "iterations": 19})
+    messages = " ".join(str(w.message) for w in record)
+    assert "remedy_options.solver is deprecated" in messages and "solver='power_iteration' is deprecated" in messages
+    assert old.solver == "power_iteration_forward" and old.remedy_options == {"iterations": 19}
+    with pytest.raises(ValueError, match="solver is given twice"):
+        ExperimentConfig(solver="torch", remedy_options={"solver": "power_iteration_forward"})
+
+
 def test_expand_sweep_is_the_cartesian_product():
     cfg = ExperimentConfig(width=64, sweep={"group_size": [4, 8, 16], "seed": [0, 1]})
     runs = expand_sweep(cfg)
@@ -172,6 +196,8 @@ def test_shipped_config_profiles(path):
         assert quick.hybrid_switch_epoch == quick.lr_milestones[-1]
     if row == "divided_difference":
         assert paper.backward == "divided_difference" and paper.remedy_options == {}
+    if name == "zca_pi":  # TPAMI Table IV row "PI": the power-iteration forward, 19 steps
+        assert paper.solver == "power_iteration_forward" and paper.remedy_options == {"iterations": 19}
     for _, c in expand_sweep(quick):
         c.validate()
 

@@ -74,5 +74,11 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     wa = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["model"]
     wb = load_checkpoint(tmp_path / "single" / "checkpoint.pt")["model"]
     assert wa.keys() == wb.keys()
-    for k in wa:  # includes the synchronised running covariance of the whitening layer
-        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4, msg=k)
+    # Includes the synchronised running covariance of the whitening layer. The synced path sums
+    # moments in float64, a single process forms its float32 covariance directly, and 6 float32
+    # training steps amplify that rounding: the largest weight difference measured was 6e-7
+    # (AVX-512 kernels) and 5.5e-5 (ATEN_CPU_CAPABILITY=default), so the bound is 5e-4 absolute.
+    # A wiring error is far above it: summed instead of averaged gradients (the same as a doubled
+    # learning rate) moves some weight by 0.23 in these 6 steps.
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=5e-4, rtol=0, msg=k)

@@ -82,10 +82,14 @@ def test_condition_number_is_that_of_the_meta_layer_covariance(kind):
         lam = np.linalg.eigvalsh(f @ f.T / f.shape[1])
         kappas.append(lam[-1] / lam[0])
     cond = _condition(model)
-    assert cond["cond_max"] == pytest.approx(max(kappas), rel=1e-6)
-    assert cond["cond_mean"] == pytest.approx(np.mean(kappas), rel=1e-6)
+    # The ZCA covariance is formed in float64 (measured relative difference <= 1.2e-15 under
+    # every perturbation of `make test-perturbed`); the GCP covariance in the network's float32,
+    # whose rounding moves kappa by up to ~kappa * eps32 = 1.2e-5 here (measured 6e-8 to 1.2e-7).
+    rel = 1e-10 if kind == "zca" else 1e-4
+    assert cond["cond_max"] == pytest.approx(max(kappas), rel=rel)
+    assert cond["cond_mean"] == pytest.approx(np.mean(kappas), rel=rel)
     lower_median = np.sort(kappas)[(len(kappas) - 1) // 2]  # torch.median's convention
-    assert cond["cond_median"] == pytest.approx(lower_median, rel=1e-6)
+    assert cond["cond_median"] == pytest.approx(lower_median, rel=rel)
     assert cond["cond_singular"] == 0.0
 
 

@@ -1,6 +1,7 @@
-"""svdlib.fused: the fused backwards equal the reference remedies (svdlib.remedies,
-svdlib.divided_difference, the autograd chain of svdlib.powm) within float tolerance, and the
-exact ones satisfy an independent identity (the Sylvester equation of the square root)."""
+"""svdlib.fused, the one backward stage: it equals the unfused formulas written out here
+(eq. 7 symmetrised after the products; eq. 5-6 then eq. 7 for matrix functions) within float
+tolerance, and the exact ones satisfy an independent identity (the Sylvester equation of the
+square root)."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 import svdlib
 from svdlib import fused, remedies
-from svdlib.divided_difference import divided_difference_matrix, spectral_backward
+from svdlib.divided_difference import divided_difference_matrix
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -47,6 +48,21 @@ def _grad(fn, A: torch.Tensor, G: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return Q.detach(), grad
 
 
+K_BUILDERS = {"exact": remedies.k_exact, "clip": remedies.k_clip, "taylor": remedies.k_taylor,
+              "pade": remedies.k_pade}
+
+
+def _eq7(U, K, grad_lam, grad_U):
+    """The unfused eigen backward: sym(U (K^T o U^T dL/dU + diag dL/dlam) U^T) (eq. 7)."""
+    inner = K.transpose(-1, -2) * (U.transpose(-1, -2) @ grad_U) + torch.diag_embed(grad_lam)
+    dA = U @ inner @ U.transpose(-1, -2)
+    return 0.5 * (dA + dA.transpose(-1, -2))
+
+
+def _reference_eigen(lam, U, grad_lam, grad_U, backward, **options):
+    return _eq7(U, K_BUILDERS[backward](lam, **options), grad_lam, grad_U)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("backward", ["exact", "clip", "taylor", "pade"])
 def test_remedy_backward_equals_reference(dtype, backward):
@@ -55,17 +71,18 @@ def test_remedy_backward_equals_reference(dtype, backward):
     g = torch.Generator().manual_seed(1)
     grad_lam = torch.randn(lam.shape, generator=g, dtype=torch.float64).to(dtype)
     grad_U = torch.randn(U.shape, generator=g, dtype=torch.float64).to(dtype)
-    ref = remedies.BACKWARDS[backward](lam, U, grad_lam, grad_U)
+    ref = _reference_eigen(lam, U, grad_lam, grad_U, backward)
     out = fused.remedy_backward(lam, U, grad_lam, grad_U, backward, compile=False)
     assert _rel(out, ref) < RTOL[dtype]
+    assert _rel(remedies.BACKWARDS[backward](lam, U, grad_lam, grad_U), ref) < RTOL[dtype]  # the record's call
     # one missing incoming gradient is zero, as in the autograd node
-    ref_u = remedies.BACKWARDS[backward](lam, U, torch.zeros_like(lam), grad_U)
+    ref_u = _reference_eigen(lam, U, torch.zeros_like(lam), grad_U, backward)
     assert _rel(fused.remedy_backward(lam, U, None, grad_U, backward, compile=False), ref_u) < RTOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("backward,options", [("taylor", {"degree": 100, "eps": 1e-3}),
-                                              ("clip", {"threshold": 10.0}),
+@pytest.mark.parametrize("backward,options", [("taylor", {"degree": 100, "floor": 1e-3}),
+                                              ("clip", {"k_max": 10.0}),
                                               ("pade", {"order": (3, 2)})])
 def test_remedy_backward_options_and_ties(dtype, backward, options):
     """Options reach the K~ builder, and exact ties give the reference's bounded values."""
@@ -74,7 +91,7 @@ def test_remedy_backward_options_and_ties(dtype, backward, options):
     g = torch.Generator().manual_seed(2)
     grad_lam = torch.randn(lam.shape, generator=g, dtype=torch.float64).to(dtype)
     grad_U = torch.randn(U.shape, generator=g, dtype=torch.float64).to(dtype)
-    ref = remedies.BACKWARDS[backward](lam, U, grad_lam, grad_U, **options)
+    ref = _reference_eigen(lam, U, grad_lam, grad_U, backward, **options)
     out = fused.remedy_backward(lam, U, grad_lam, grad_U, backward, compile=False, **options)
     assert torch.isfinite(out).all()
     assert _rel(out, ref) < RTOL[dtype]
@@ -90,27 +107,57 @@ def test_k_matrices_are_exactly_antisymmetric(backward):
     assert torch.equal(K.transpose(-1, -2), -K)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_pade_graph_builder_equals_k_pade(dtype):
-    """The compile-friendly Padé K~ (constants precomputed) is the reference k_pade, overflow
-    patch at ties included."""
-    lam = torch.linalg.eigvalsh(_tied(dtype))
-    for order in [(50, 50), (3, 2), (4, 0)]:
-        ref = remedies.k_pade(lam, order)
-        out = fused.k_matrix(lam, "pade", order=order)
-        assert torch.equal(torch.isfinite(out), torch.isfinite(ref))
-        assert torch.allclose(out, ref, rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=0)
+def test_pade_order_is_resolved_once_into_constants():
+    """order=(p, q) becomes a PadeOrder holding the float64 coefficients, computed once, so the
+    stage (and torch.compile) evaluates constants; k_pade gives the same K~ either way."""
+    spec = svdlib._options.backward_spec("pade", {"order": (3, 2)})
+    order = spec.as_dict()["order"]
+    assert isinstance(order, remedies.PadeOrder) and (order.p, order.q) == (3, 2)
+    a, b = remedies.pade_coefficients([1.0] * 6, 3, 2)
+    assert order.numerator == tuple(a.tolist()) and order.denominator == tuple(b.tolist())
+    lam = torch.linalg.eigvalsh(_tied(torch.float64))
+    assert torch.equal(remedies.k_pade(lam, order), remedies.k_pade(lam, (3, 2)))
+
+
+def _chain_powm(A, p, backward, **options):
+    """The unfolded chain of eq. 5-7: Q = U diag(max(lam, floor)^p) U^T through autograd, the
+    eigen backward being eq. 7 with the remedy's K~ (written out here). The forward is
+    svdlib's own (the same eigenpairs, whatever solver the environment installs), so only the
+    backwards are compared."""
+    from svdlib._validation import is_traced
+    from svdlib.eigen import prepare
+    from svdlib.matfuncs import default_floor
+
+    class Eig(torch.autograd.Function):
+        @staticmethod
+        def forward(S):
+            return svdlib.solvers.solve(S, "torch", traced=is_traced(S))
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(*output)
+
+        @staticmethod
+        def backward(ctx, grad_lam, grad_U):
+            lam, U = ctx.saved_tensors
+            return _reference_eigen(lam, U, grad_lam, grad_U, backward, **options)
+
+    lam, U = Eig.apply(prepare(A, None, 0.0))
+    floor = default_floor(lam, p)
+    lam = lam + (torch.maximum(lam, floor) - lam).detach() if floor is not None else lam
+    return (U * lam.pow(p).unsqueeze(-2)) @ U.transpose(-1, -2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("backward", ["exact", "clip", "taylor", "pade", "divided_difference"])
-def test_fused_powm_equals_autograd_chain(dtype, backward):
-    """fused.powm: same forward and, up to rounding, same gradient as svdlib.powm."""
+@pytest.mark.parametrize("backward", ["exact", "clip", "taylor", "pade"])
+def test_matrix_function_stage_equals_the_unfused_chain(dtype, backward):
+    """svdlib.powm (folded F~ for clip / taylor / pade, eigh's stage for exact): same forward
+    and, up to rounding, same gradient as the chain of eq. 5-7 written out."""
     A = _covariances(3, 10, 40, dtype, seed=4)
     G = torch.randn(A.shape, dtype=torch.float64).to(dtype)
     for p in (0.5, -0.5, 1.5, 2.0):
-        Q_ref, g_ref = _grad(lambda X: svdlib.powm(X, p, backward=backward), A, G)
-        Q_out, g_out = _grad(lambda X: fused.powm(X, p, backward=backward, compile=False), A, G)
+        Q_ref, g_ref = _grad(lambda X: _chain_powm(X, p, backward), A, G)
+        Q_out, g_out = _grad(lambda X: svdlib.powm(X, p, backward=backward, compile=False), A, G)
         assert _rel(Q_out, Q_ref) < RTOL[dtype], p
         assert _rel(g_out, g_ref) < RTOL[dtype], p
 
@@ -124,16 +171,18 @@ def _rank_deficient(dtype) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("backward,eps", [("taylor", 1e-2), ("clip", 1e-2), ("clip", 0.0),
-                                          ("divided_difference", 1e-2), ("divided_difference", 0.0)])
-def test_fused_powm_rank_deficient_bounded_remedies(dtype, backward, eps):
+@pytest.mark.parametrize("backward,eps", [("taylor", 1e-2), ("clip", 1e-2), ("clip", 0.0)])
+def test_rank_deficient_bounded_remedies_equal_the_chain(dtype, backward, eps):
     """Bounded remedies on rank-deficient input: eigenvalue floor (straight-through) and eps
-    (diagonal shift and remedy floor) are handled as in svdlib.sqrtm."""
+    (diagonal shift, and the remedy's floor by the one rule) as in the chain."""
     A = _rank_deficient(dtype)
     G = torch.randn(A.shape, dtype=torch.float64).to(dtype)
-    _, g_ref = _grad(lambda X: svdlib.sqrtm(X, backward=backward, eps=eps), A, G)
-    _, g_out = _grad(lambda X: fused.sqrtm(X, backward=backward, eps=eps, compile=False), A, G)
-    assert torch.isfinite(g_out).all()
+    shifted = A + eps * torch.eye(A.shape[-1], dtype=dtype)
+    options = {"floor": eps} if backward == "taylor" else {}
+    _, g_ref = _grad(lambda X: _chain_powm(X + eps * torch.eye(X.shape[-1], dtype=dtype), 0.5, backward,
+                                           **options), A, G)
+    _, g_out = _grad(lambda X: svdlib.sqrtm(X, backward=backward, eps=eps, compile=False), A, G)
+    assert torch.isfinite(g_out).all() and torch.isfinite(shifted).all()
     assert _rel(g_out, g_ref) < 50 * RTOL[dtype]
 
 
@@ -144,8 +193,9 @@ def _reference_chain(lam_k, lam, U, G, p, backward):
     M = U.transpose(-1, -2) @ Gs @ U
     grad_lam = p * lam.pow(p - 1) * torch.diagonal(M, dim1=-2, dim2=-1)
     if backward == "divided_difference":
-        return spectral_backward(U, divided_difference_matrix(lam, p), G)
-    return remedies.BACKWARDS[backward](lam_k, U, grad_lam, grad_U)
+        M = U.transpose(-1, -2) @ Gs @ U
+        return U @ (divided_difference_matrix(lam, p) * M) @ U.transpose(-1, -2)
+    return _reference_eigen(lam_k, U, grad_lam, grad_U, backward)
 
 
 @pytest.mark.parametrize("backward", ["taylor", "pade", "clip", "divided_difference"])
@@ -175,7 +225,8 @@ def test_divided_difference_spectral_backward(dtype, p):
     A = _covariances(4, 9, 25, dtype, seed=6)
     lam, U = torch.linalg.eigh(A)
     G = torch.randn(A.shape, dtype=torch.float64).to(dtype)
-    ref = spectral_backward(U, divided_difference_matrix(lam, p), G)
+    Gs = 0.5 * (G + G.transpose(-1, -2))
+    ref = U @ (divided_difference_matrix(lam, p) * (U.transpose(-1, -2) @ Gs @ U)) @ U.transpose(-1, -2)
     out = fused.spectral_backward(lam, U, G, p, "divided_difference", compile=False)
     assert _rel(out, ref) < RTOL[dtype]
 
@@ -187,7 +238,7 @@ def test_sqrt_gradient_solves_sylvester_equation():
     G = torch.randn(A.shape, dtype=torch.float64)
     Gs = 0.5 * (G + G.transpose(-1, -2))
     for backward in ("divided_difference", "exact", "pade"):
-        Q, X = _grad(lambda M: fused.sqrtm(M, backward=backward, compile=False), A, G)
+        Q, X = _grad(lambda M: svdlib.sqrtm(M, backward=backward, compile=False), A, G)
         assert _rel(Q @ X + X @ Q, Gs) < 1e-10, backward
 
 
@@ -196,7 +247,7 @@ def test_gradcheck_divided_difference():
     B = torch.randn(2, 4, 4, generator=g, dtype=torch.float64)
     A = (B @ B.transpose(-1, -2) + 0.5 * torch.eye(4, dtype=torch.float64)).requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda M: fused.inv_sqrtm(M, backward="divided_difference", compile=False), (A,))
+        lambda M: svdlib.inv_sqrtm(M, backward="divided_difference", compile=False), (A,))
 
 
 def test_spectral_weights_exact_is_divided_difference():
@@ -208,32 +259,32 @@ def test_spectral_weights_exact_is_divided_difference():
 
 
 def test_torch_func_transforms_match_reference():
-    """vmap(grad(...)) and jacrev through fused.sqrtm equal those through svdlib.sqrtm."""
+    """vmap(grad(...)) and jacrev through the stage equal the unfused chain / eager calls."""
     A = _covariances(3, 5, 20, torch.float64, seed=9)
     G = torch.randn(5, 5, dtype=torch.float64)
-    f = lambda M: (fused.sqrtm(M, backward="taylor", compile=False) * G).sum()  # noqa: E731
-    r = lambda M: (svdlib.sqrtm(M, backward="taylor") * G).sum()  # noqa: E731
-    assert _rel(torch.func.vmap(torch.func.grad(f))(A), torch.func.vmap(torch.func.grad(r))(A)) < 1e-12
-    jf = torch.func.jacrev(lambda M: fused.sqrtm(M, backward="divided_difference", compile=False))(A[0])
-    jr = torch.func.jacrev(lambda M: svdlib.sqrtm(M, backward="divided_difference"))(A[0])
-    assert _rel(jf, jr) < 1e-12
+    f = lambda M: (svdlib.sqrtm(M, backward="taylor", compile=False) * G).sum()  # noqa: E731
+    r = lambda M: (_chain_powm(M, 0.5, "taylor") * G).sum()  # noqa: E731
+    assert _rel(torch.func.vmap(torch.func.grad(f))(A), torch.stack([torch.func.grad(r)(a) for a in A])) < 1e-12
+    jf = torch.func.jacrev(lambda M: svdlib.sqrtm(M, backward="divided_difference", compile=False))(A[0])
+    s = lambda M: (svdlib.sqrtm(M, backward="divided_difference") * G).sum()  # noqa: E731
+    assert _rel((jf * G).sum((-1, -2)), torch.func.grad(s)(A[0])) < 1e-12
 
 
 def test_errors_name_the_argument():
     A = _covariances(1, 4, 10, torch.float64)
-    with pytest.raises(ValueError, match="backward must be one of"):
-        fused.sqrtm(A, backward="power_iteration")
-    with pytest.raises(ValueError, match="takes no options"):
-        fused.sqrtm(A, backward="divided_difference", degree=3)
-    with pytest.raises(ValueError, match="unknown option"):
-        fused.sqrtm(A, backward="taylor", threshold=3)
-    with pytest.raises(ValueError, match="solver='power_iteration'"):
-        fused.sqrtm(A, solver="power_iteration")
     lam, U = torch.linalg.eigh(A)
+    with pytest.raises(ValueError, match="has no folded"):
+        fused.spectral_backward(lam, U, A, 0.5, "power_iteration")
+    with pytest.raises(ValueError, match="valid options: none"):
+        svdlib.sqrtm(A, backward="divided_difference", degree=3)
+    with pytest.raises(ValueError, match="unknown option"):
+        svdlib.sqrtm(A, backward="taylor", k_max=3)
     with pytest.raises(ValueError, match="compile must be"):
         fused.remedy_backward(lam, U, lam, U, compile="yes")
-    with pytest.raises(ValueError, match="order must be"):
+    with pytest.raises(ValueError, match=r"order\[1\] must be"):
         fused.k_matrix(lam, "pade", order=(1, -1))
+    with pytest.raises(ValueError, match="has no K~ matrix"):
+        fused.k_matrix(lam, "power_iteration")
 
 
 def test_compile_not_used_on_cpu_by_default():
@@ -246,7 +297,42 @@ def test_compile_not_used_on_cpu_by_default():
 def test_compiled_equals_eager_on_cuda(dtype, backward):
     A = _covariances(8, 32, 64, dtype).cuda()
     G = torch.randn(A.shape, dtype=dtype, device="cuda")
-    _, g_ref = _grad(lambda X: svdlib.sqrtm(X, backward=backward, solver="torch"), A, G)
-    _, g_out = _grad(lambda X: fused.sqrtm(X, backward=backward, solver="torch", compile=True), A, G)
+    _, g_ref = _grad(lambda X: svdlib.sqrtm(X, backward=backward, solver="torch", compile=False), A, G)
+    _, g_out = _grad(lambda X: svdlib.sqrtm(X, backward=backward, solver="torch", compile=True), A, G)
     assert fused._compile_broken is None, fused._compile_broken
     assert _rel(g_out, g_ref) < 10 * RTOL[dtype]
+
+
+@pytest.mark.parametrize("backward", ["taylor", "pade", "clip", "divided_difference"])
+def test_stage_kernels_trace_into_one_graph(backward):
+    """What the CUDA path compiles: the stage's kernels with a resolved spec (Padé's order
+    included, as constants) trace with fullgraph=True, no graph break, and equal eager."""
+    spec = svdlib._options.backward_spec(backward, {})
+    A = _covariances(2, 6, 20, torch.float64, seed=10)
+    lam, U = torch.linalg.eigh(A)
+    G = torch.randn(A.shape, dtype=torch.float64)
+    compiled = torch.compile(fused._spectral_backward_impl, fullgraph=True, backend="eager")
+    eager = fused._spectral_backward_impl(lam, lam, U, G, 0.5, spec)
+    assert torch.equal(compiled(lam, lam, U, G, 0.5, spec), eager)
+    if backward != "divided_difference":
+        compiled = torch.compile(fused._eigen_backward_impl, fullgraph=True, backend="eager")
+        assert torch.equal(compiled(lam, U, lam, G, spec), fused._eigen_backward_impl(lam, U, lam, G, spec))
+
+
+def test_exact_is_not_folded_in_matrix_functions(monkeypatch):
+    """backward="exact" keeps the papers' plain-SVD chain in the matrix functions (its record
+    says foldable=False): autograd through U f(Lambda) U^T, then eigh's stage, where the terms
+    K_ij s_i and K_ij s_j are formed separately and cancel near ties. Folding remedies go
+    through the one Hadamard product instead."""
+    assert not svdlib.BACKWARDS["exact"].foldable and not fused.folds(svdlib._options.backward_spec("exact"))
+    calls = []
+    for name in ("eigen_backward", "spectral_stage"):
+        real = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    A = _covariances(2, 5, 20, torch.float64, seed=12)
+    G = torch.randn(A.shape, dtype=torch.float64)
+    for backward, path in (("exact", "eigen_backward"), ("taylor", "spectral_stage"),
+                           ("divided_difference", "spectral_stage"), ("truncate", "eigen_backward")):
+        calls.clear()
+        _grad(lambda X: svdlib.sqrtm(X, backward=backward), A, G)
+        assert calls == [path], backward

@@ -51,10 +51,20 @@ def test_sqrtm_gradient_matches_jacrev_of_independent_reference():
 
 
 def test_newton_schulz_gradient_is_autograd_and_finite_at_rank_deficiency():
+    """Rank 2 of 6: Newton-Schulz is a polynomial in A / tr(A), smooth there, and its autograd
+    gradient matches central differences of the same iteration."""
     X = torch.randn(6, 3, dtype=torch.float64)
     A = svdlib.covariance(X).requires_grad_()
     svdlib.sqrtm(A, method="newton_schulz").sum().backward()
     assert torch.isfinite(A.grad).all()
+    E = torch.randn(6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    E = 0.5 * (E + E.T)
+    h = 1e-6
+    with torch.no_grad():
+        f = lambda M: svdlib.sqrtm(M, method="newton_schulz").sum()  # noqa: E731
+        fd = (f(A + h * E) - f(A - h * E)) / (2 * h)
+    # central differences of a polynomial map: error ~h^2 + eps/h (measured 3.7e-10 of 12.3)
+    assert abs(float((A.grad * E).sum()) - float(fd)) < 1e-7 * max(1.0, abs(float(fd)))
 
 
 def test_method_errors():

@@ -2,6 +2,8 @@
 orthogonality paper eq. 44), against scipy.linalg.sqrtm in float64."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -103,10 +105,15 @@ def test_gradient_matches_finite_differences():
 def test_dtypes_and_devices(device, dtype):
     x = _features(B=4, C=8, H=4, W=4, dtype=dtype).to(device).requires_grad_(True)
     pool = CovariancePooling(8, reduced_dim=6).to(device=device, dtype=dtype)
+    reference = copy.deepcopy(pool).to(device="cpu", dtype=F64)
     y = pool(x)
     assert y.dtype == dtype and y.device.type == device and y.shape == (4, 21)
     y.sum().backward()
-    assert torch.isfinite(x.grad).all()
+    x64 = x.detach().to("cpu", F64).requires_grad_(True)
+    reference(x64).sum().backward()
+    rel = (x.grad.cpu().double() - x64.grad).norm() / x64.grad.norm()
+    # float32: measured 2e-7 to 9e-7 under the perturbations of `make test-perturbed`; bound 1e-4
+    assert rel < (1e-4 if dtype == torch.float32 else 1e-12)
 
 
 def _ill_conditioned(B=3, C=8, H=6, W=6, seed=0, smallest=1e-3, offset=5.0):
@@ -128,9 +135,16 @@ def _relative_error(y: torch.Tensor, ref: np.ndarray) -> float:
 def test_covariance_dtype_float64_matches_a_float64_reference(reduced_dim):
     """float32 input, covariance (and root) in float64 after the reduction: equal to the float64
     scipy reference of the float32 reduced features to 1e-6 relative, output back in float32.
-    The default (all float32) misses that on this ill-conditioned covariance, so the check has
-    teeth."""
-    x = _ill_conditioned()
+    The default (all float32) misses that by far on this covariance (condition number ~1e8), so
+    the check has teeth.
+
+    Margins, measured under the perturbations of ``make test-perturbed`` and of the README's
+    "Numerical environments" (threads, ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, a random
+    orthogonal similarity, numpy's LAPACK): float64 path 1.9e-8 to 3.1e-8 (bound 1e-6), float32
+    path 2.2e-4 to 2.5e-4 (bound 1e-5). With condition number 1e6 the float32 error was 6e-6 to
+    2.7e-5 depending on the machine: asserting it exceeded 1e-5 was a bet on rounding (issue 13).
+    """
+    x = _ill_conditioned(smallest=1e-4)
     torch.manual_seed(0)
     wide = CovariancePooling(8, reduced_dim=reduced_dim, covariance_dtype=F64).eval()
     narrow = CovariancePooling(8, reduced_dim=reduced_dim).eval()
@@ -144,7 +158,7 @@ def test_covariance_dtype_float64_matches_a_float64_reference(reduced_dim):
     y = wide(x)
     assert y.dtype == torch.float32 and wide.covariance(x).dtype == F64
     assert _relative_error(y, ref) < 1e-6
-    assert _relative_error(narrow(x), ref) > 1e-5     # float32 covariance: ~1e-5 off
+    assert _relative_error(narrow(x), ref) > 1e-5     # float32 covariance: ~2e-4 off
     assert "covariance_dtype=torch.float64" in repr(wide)
 
 
@@ -172,21 +186,21 @@ def test_default_covariance_dtype_is_the_unchanged_float32_pipeline():
 
 
 def test_covariance_dtype_is_not_narrowed_by_autocast():
-    """Under CPU bfloat16 autocast the reduction runs in bfloat16; with covariance_dtype the
-    covariance and its root are float32 (autocast off there) and the output is the input's
-    dtype. The default keeps autocast's behaviour (bfloat16 output, ~1e-3 off)."""
+    """Under CPU bfloat16 autocast the reduction runs in bfloat16; the covariance and its root
+    are formed in covariance_dtype (float64 here; float32 by default) with autocast off, and
+    the output has the autocast dtype: the wide result rounded once to bfloat16."""
     x = _features(B=2, C=8, H=6, W=6, dtype=torch.float32)
     torch.manual_seed(0)
-    pool = CovariancePooling(8, reduced_dim=6, covariance_dtype=torch.float32).eval()
+    pool = CovariancePooling(8, reduced_dim=6, covariance_dtype=torch.float64).eval()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         z = pool.reduce(x)
+        P = pool.covariance(x)
         y = pool(x)
-        pool.covariance_dtype = None
-        y_default = pool(x)
-    assert z.dtype == torch.bfloat16 and y.dtype == torch.float32
-    ref = _reference(z.float())
-    assert _relative_error(y, ref) < 1e-5
-    assert y_default.dtype == torch.bfloat16 and _relative_error(y_default, ref) > 1e-4
+    assert z.dtype == torch.bfloat16 and P.dtype == F64 and y.dtype == torch.bfloat16
+    ref = _reference(z)
+    unit_roundoff = torch.finfo(torch.bfloat16).eps / 2   # 2^-8: rounding once to bfloat16
+    err = np.abs(y.detach().double().numpy() - ref)
+    assert (err <= unit_roundoff * np.abs(ref) * 1.001 + 1e-12).all(), (err / np.abs(ref)).max()
 
 
 def test_bad_input_and_arguments():
@@ -207,3 +221,81 @@ def test_bad_input_and_arguments():
         CovariancePooling(4, covariance_dtype=torch.int64)
     with pytest.raises(ValueError, match="covariance_dtype must be.*got 'float64'"):
         CovariancePooling(4, covariance_dtype="float64")
+
+
+def _reduction_state(pool: CovariancePooling) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in pool.reduce.state_dict().items()}
+
+
+def test_a_nan_batch_raises_before_the_batchnorm_statistics_change():
+    """Issue 17 item 2: one NaN batch used to poison the BatchNorm of the reduction for good."""
+    torch.manual_seed(0)
+    pool = CovariancePooling(8, reduced_dim=4)
+    x = torch.randn(8, 8, 4, 4)
+    pool(x)                                        # one clean step: statistics move off 0 / 1
+    before = _reduction_state(pool)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"CovariancePooling: input contains 1 NaN/Inf entries "
+                                         r"\(shape \(8, 8, 4, 4\)"):
+        pool(bad)
+    with pytest.raises(ValueError, match=r"CovariancePooling: input contains 1 NaN/Inf"):
+        pool.covariance(bad)
+    after = _reduction_state(pool)
+    assert all(torch.equal(before[k], after[k]) for k in before), "state changed by a failed call"
+    pool.eval()
+    assert torch.isfinite(pool(x)).all()           # still usable in eval and training
+    pool.train()
+    assert torch.isfinite(pool(x)).all()
+
+
+def test_a_one_position_batch_is_refused_before_the_statistics_change():
+    pool = CovariancePooling(8, reduced_dim=4)
+    before = _reduction_state(pool)
+    with pytest.raises(ValueError, match=r"H\*W >= 2.*input shape \(8, 8, 1, 1\)"):
+        pool(torch.randn(8, 8, 1, 1))
+    after = _reduction_state(pool)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_an_overflowing_batch_leaves_the_statistics_unchanged_and_says_so():
+    """A finite 1e20 input overflows the float32 variance inside the reduction's BatchNorm
+    (1e40 > 3.4e38): it used to return ~1e-23 silently with running_var = inf."""
+    torch.manual_seed(0)
+    pool = CovariancePooling(8, reduced_dim=4)
+    before = _reduction_state(pool)
+    with pytest.raises(ValueError, match=r"CovariancePooling: .*overflowed float32.*scale the input"):
+        pool(torch.randn(8, 8, 4, 4) * 1e20)
+    after = _reduction_state(pool)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_huge_input_names_the_covariance_overflow_and_its_remedy():
+    x = _features(dtype=torch.float32)
+    pool = CovariancePooling(6, reduced_dim=None)
+    with pytest.raises(ValueError, match=r"CovariancePooling: the covariance of input \(shape "
+                                         r"\(3, 6, 5, 4\).*overflowed float32.*scale the input or "
+                                         r"use covariance_dtype=torch.float64") as info:
+        pool(x * 1e20)
+    assert "NaN" not in str(info.value)
+    # the remedy it names works: sqrtm(cov(s x)) = s sqrtm(cov(x)) (1-homogeneous)
+    wide = CovariancePooling(6, reduced_dim=None, covariance_dtype=torch.float64)
+    y = wide(x * 1e20)
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    ref = torch.from_numpy(_reference(x.double())).float() * 1e20
+    # measured 0.0 here (both round to the same float32 values); bound 1e-5
+    assert ((y - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_errors_name_the_argument_not_internal_tensors():
+    pool = CovariancePooling(4, reduced_dim=None)
+    x = torch.randn(2, 4, 3, 3)
+    x[1, 2, 0, 0] = float("inf")
+    with pytest.raises(ValueError) as info:
+        pool(x)
+    message = str(info.value)
+    assert message.startswith("CovariancePooling: input contains 1 NaN/Inf entries (shape (2, 4, 3, 3)")
+    assert not any(word in message.split() for word in ("X", "A"))
+    with pytest.raises(ValueError, match=r"input must have a real floating dtype "
+                                         r"\(float16/bfloat16/float32/float64\), got torch.int64"):
+        pool(torch.ones(2, 4, 3, 3, dtype=torch.int64))

@@ -1,6 +1,6 @@
 """DecorrelatedBatchNorm2d under torch.distributed: 2 gloo processes, each with half of the
 batch, must reproduce a single process on the concatenated batch (outputs, input and
-parameter gradients, running statistics) to 1e-10 in float64 (DESIGN.md, "Layers")."""
+parameter gradients, running statistics) to 1e-10 in float64 (svdlib.nn._sync)."""
 from __future__ import annotations
 
 import os

@@ -110,6 +110,45 @@ def test_cell_timeout_is_reported_as_a_failing_cell(tiny, tmp_path):
     assert "Timeout" in info.value.ename
 
 
+def test_a_sub_second_timeout_is_a_timeout_of_the_running_cell(tiny, tmp_path, capsys):
+    """nbclient counts whole seconds: 0.5 used to fail before any cell ran, with a TraitError
+    reported "in an unknown cell"; it is applied as 1 s."""
+    with pytest.raises(runner.NotebookExecutionError) as info:
+        runner.run_notebook(tiny, tmp_path / "r", {"mode": "sleep"}, timeout=0.5)
+    err = info.value
+    assert err.cell_index == 3 and "Timeout" in err.ename
+    first = str(err).splitlines()[0]
+    assert "timed out in cell 3" in first and "timeout of 1 s (0.5 s requested" in first, first
+    for bad in (0, -1, float("nan"), "10"):
+        with pytest.raises(ValueError, match=r"timeout must be None or a number of seconds > 0"):
+            runner.run_notebook(tiny, tmp_path / "r2", timeout=bad)
+    assert runner.main([str(tiny), "--results", str(tmp_path / "r3"), "--timeout", "0"]) == 2
+    assert "timeout must be" in capsys.readouterr().err
+
+
+def test_a_failure_in_the_injected_parameters_cell_is_located(tmp_path):
+    """A timeout (or any error) in the cell papermill injects, before any notebook cell ran,
+    names that cell instead of "an unknown cell"."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("n: int = 2")
+    params.metadata["tags"] = ["parameters"]
+    injected = nbformat.v4.new_code_cell("n = 3")
+    injected.metadata["tags"] = ["injected-parameters"]
+    injected.metadata["papermill"] = {"exception": True, "status": "failed"}
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), params, injected, nbformat.v4.new_code_cell("n")]
+    executed = tmp_path / "01_t.failed.ipynb"
+    nbformat.write(nb, executed)
+    index, count, ename, evalue, source, where = runner._locate_failure(executed)
+    assert index is None and where == "the parameters cell injected by papermill (after cell 1)"
+    err = runner.NotebookExecutionError(tmp_path / "01_t.ipynb", index, count, "CellTimeoutError",
+                                        "A cell timed out", source, executed, location=where,
+                                        timeout=1.5)
+    first = str(err).splitlines()[0]
+    assert first == (f"{tmp_path / '01_t.ipynb'} timed out in the parameters cell injected by "
+                     "papermill (after cell 1): it ran longer than the per-cell timeout of 2 s "
+                     "(1.5 s requested; nbclient counts whole seconds) (CellTimeoutError)")
+
+
 def test_parameters_are_validated_before_any_kernel_starts(tiny, tmp_path):
     out = tmp_path / "r"
     with pytest.raises(ValueError, match=r"does not declare \['epochs'\]"):

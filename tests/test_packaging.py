@@ -72,6 +72,7 @@ def test_pyproject_declares_ranges_not_pins():
                       "scikit-learn", "pandas", "scipy"},
         "test": {"pytest", "nbval", "nbstripout", "pytest-timeout"},
         "cuda": {"nvmath-python"},
+        "deploy": {"onnx", "onnxscript", "onnxruntime"},
     }
     for extra, names in wanted.items():
         assert names <= set(_requirements(extras[extra])), f"extra {extra!r} lacks {names - set(_requirements(extras[extra]))}"
@@ -149,7 +150,11 @@ def test_makefile_and_readme_agree_on_the_two_commands():
     assert "-m svdlib.experiments.notebook" in re.search(r"^reproduce: .*\n\t(.*)$", MAKEFILE, re.MULTILINE).group(1)
     ci = (REPO / ".ci" / "run").read_text()
     assert ci.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in ci
-    assert re.findall(r"^make .*$", ci, re.MULTILINE) == ["make test 2>&1 | tee \"$log\" || status=$?"]
+    # CI runs the README's test command, then the same suite perturbed (issue 13)
+    assert re.findall(r"^run_target .*$", ci, re.MULTILINE) == ["run_target test", "run_target test-perturbed"]
+    assert 'make "$target" 2>&1 | tee "$log" || status=$?' in ci
+    perturbed = re.search(r"^test-perturbed: .*\n\t(.*)$", MAKEFILE, re.MULTILINE).group(1)
+    assert perturbed.startswith("SVDLIB_PERTURB='$(PERTURB)' ") and perturbed.endswith(recipe)
     for text in ("make test", "make reproduce", "papermill", "-f configs/", ",cuda]", "environment.yml",
                  "What works today", "torch==2.14.1", "torchvision==0.29.1"):
         assert text in README, f"README.md does not mention {text!r}"
@@ -173,7 +178,7 @@ def test_import_is_offline_and_leaves_optional_dependencies_alone():
         import svdlib, svdlib.experiments.notebook
         svdlib.sqrtm, svdlib.covariance, svdlib.BACKWARDS
         heavy = ["torchvision", "sklearn", "matplotlib", "seaborn", "pandas", "papermill",
-                 "nbformat", "jupyter_client", "nvmath"]
+                 "nbformat", "jupyter_client", "nvmath", "onnx", "onnxscript", "onnxruntime"]
         print(sorted(m for m in heavy if m in sys.modules))
         """
     )
@@ -196,19 +201,26 @@ def test_installed_torch_and_torchvision_load_together():
     assert proc.stdout.strip() == "[0, 2]"  # the compiled nms op ran: the overlapping box is dropped
 
 
+PASSED = "collected 3 items\n...\n======== 3 passed, 1 skipped in 1.20s ========"
+
+
 @pytest.mark.parametrize(
-    "output, status, ok",
+    "output, status, perturbed, ok",
     [
-        ("collected 3 items\n...\n======== 3 passed, 1 skipped in 1.20s ========", 0, True),
-        ("collected 0 items\n\n======== no tests ran in 0.01s ========", 0, False),
-        ("collected 0 items\n\n======== no tests ran in 0.01s ========", 2, False),
-        ("======== 1 failed, 2 passed in 1.00s ========", 2, False),
-        ("nothing that looks like pytest", 0, False),
-        ("======== 4 skipped in 0.30s ========", 0, False),
+        (PASSED, 0, PASSED, True),
+        ("collected 0 items\n\n======== no tests ran in 0.01s ========", 0, PASSED, False),
+        ("collected 0 items\n\n======== no tests ran in 0.01s ========", 2, PASSED, False),
+        ("======== 1 failed, 2 passed in 1.00s ========", 2, PASSED, False),
+        ("nothing that looks like pytest", 0, PASSED, False),
+        ("======== 4 skipped in 0.30s ========", 0, PASSED, False),
+        (PASSED, 0, "======== 1 failed, 2 passed in 1.00s ========", False),
+        (PASSED, 0, "======== 4 skipped in 0.30s ========", False),
     ],
-    ids=["passed", "no-tests", "no-tests-exit", "failed", "no-summary", "all-skipped"],
+    ids=["passed", "no-tests", "no-tests-exit", "failed", "no-summary", "all-skipped",
+         "perturbed-failed", "perturbed-tested-nothing"],
 )
-def test_ci_script_refuses_runs_that_tested_nothing(tmp_path, output, status, ok):
+def test_ci_script_refuses_runs_that_tested_nothing(tmp_path, output, status, perturbed, ok):
+    """.ci/run runs `make test`, then `make test-perturbed`; each must pass at least one test."""
     clone = tmp_path / "clone"
     (clone / ".ci").mkdir(parents=True)
     script = clone / ".ci" / "run"
@@ -216,10 +228,19 @@ def test_ci_script_refuses_runs_that_tested_nothing(tmp_path, output, status, ok
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     fake_make = fake_bin / "make"
-    fake_make.write_text(f"#!/usr/bin/env bash\n[ \"$1\" = test ] || exit 99\ncat <<'EOF'\n{output}\nEOF\nexit {status}\n")
+    fake_make.write_text(
+        "#!/usr/bin/env bash\n"
+        f"if [ \"$1\" = test ]; then cat <<'EOF'\n{output}\nEOF\nexit {status}\nfi\n"
+        f"if [ \"$1\" = test-perturbed ]; then cat <<'EOF'\n{perturbed}\nEOF\nexit 0\nfi\n"
+        "exit 99\n"
+    )
     fake_make.chmod(fake_make.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60)
     assert (proc.returncode == 0) is ok, proc.stdout + proc.stderr
     assert output.splitlines()[-1] in proc.stdout  # the test output is shown, not swallowed
-    assert sorted(p.name for p in (clone / ".ci").iterdir()) == ["run", "test.log"]
+    first_passed = output == PASSED and status == 0
+    logs = ["run", "test-perturbed.log", "test.log"] if first_passed else ["run", "test.log"]
+    assert sorted(p.name for p in (clone / ".ci").iterdir()) == logs
+    if first_passed:
+        assert perturbed.splitlines()[-1] in proc.stdout

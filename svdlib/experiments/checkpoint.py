@@ -1,9 +1,13 @@
 """Atomic checkpoints and the random-number state needed to resume a run exactly.
 
-A checkpoint is written to a temporary file in the same directory and moved into place with
-``os.replace``, so a crash never leaves a truncated ``checkpoint.pt``. It is read back with
-``torch.load(..., weights_only=True)``: only tensors and plain containers, so every entry
-(including the RNG states) is stored as tensors, numbers, strings, lists and dicts.
+A checkpoint is written to a temporary file ``.NAME.<random>.tmp`` in the same directory,
+flushed to disk (``fsync``), moved into place with ``os.replace`` and the directory entry
+flushed too, so neither a crash nor a power cut leaves a truncated ``checkpoint.pt``. The
+temporary file of a save that was killed (SIGKILL, power cut) is removed by the next save of
+the same checkpoint (one writer per checkpoint path: the training harness holds a lock on its
+run folder). It is read back with ``torch.load(..., weights_only=True)``: only tensors and plain
+containers, so every entry (including the RNG states) is stored as tensors, numbers, strings,
+lists and dicts; a file that cannot be read that way raises :class:`CheckpointError`.
 """
 from __future__ import annotations
 
@@ -14,27 +18,89 @@ import tempfile
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "get_rng_state", "set_rng_state"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "remove_stale_temporaries",
+           "get_rng_state", "set_rng_state"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file exists but cannot be read (truncated, empty, not a checkpoint)."""
+
+
+def _temporary_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}."
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
+    """Delete the temporary files that killed saves of checkpoint ``path`` left beside it;
+    returns their paths. Call it only while no other process saves ``path``."""
+    path = os.path.abspath(os.fspath(path))
+    directory, prefix = os.path.dirname(path), _temporary_prefix(path)
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed.append(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _fsync_directory(directory: str) -> None:
+    """Flush a directory entry (a rename) to disk; a no-op where the OS cannot open directories."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems do not support fsync on directories
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Save ``state`` to ``path`` atomically (temp file in the same directory + os.replace)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=directory)
-    os.close(fd)
+    """Save ``state`` to ``path`` atomically and durably (temporary file in the same directory,
+    fsync, os.replace, fsync of the directory), removing temporaries of earlier killed saves."""
+    path = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(path)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=directory)
     try:
-        torch.save(state, tmp)
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_directory(directory)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
-    return torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    CheckpointError
+        ``path`` is empty, truncated or not a torch checkpoint; the message names the file.
+    """
+    path = os.fspath(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # torch.load raises RuntimeError, EOFError, UnpicklingError, ...
+        first = str(e).strip().split(". ")[0].splitlines()   # torch's messages run long
+        reason = f"{type(e).__name__}: {first[0].rstrip('.')}" if first else type(e).__name__
+        size = os.path.getsize(path)
+        raise CheckpointError(
+            f"{path} ({size} bytes) is not a readable checkpoint, it is damaged (truncated, "
+            f"empty or another file): {reason}") from e
 
 
 def get_rng_state() -> dict:

@@ -20,6 +20,11 @@ profile sections to scale-related fields (data, model size, epochs, schedule, sw
 Values given with ``--set`` are parsed with ``yaml.safe_load`` and type-checked against the
 field annotations (an int is accepted for a float field). Dict fields take dotted keys:
 ``--set remedy_options.degree=19``. Unknown keys are errors that list the valid fields.
+
+The meta layer's ``method``, ``backward``, ``solver`` and ``remedy_options`` are checked when
+the config is built (loading a file, an override, ``replace``), with the same function the
+matrix functions use (:func:`svdlib._options.check_matrix_function_options`): an unknown
+remedy, solver or option, or a value out of range, fails here, not at the first backward.
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from svdlib._registry import DEFAULT_BACKWARD
+
 __all__ = [
     "ExperimentConfig",
     "PROFILES",
@@ -39,6 +46,7 @@ __all__ = [
     "config_from_dict",
     "apply_overrides",
     "expand_sweep",
+    "sweep_folder_part",
     "config_help",
     "field_names",
     "RUNTIME_ONLY_FIELDS",
@@ -151,10 +159,16 @@ class ExperimentConfig:
     # ----- meta layer ------------------------------------------------------------------------
     method: str = _f("eigh", "Matrix function method of the meta layer: eigh (the SVD spine) or "
                      "newton_schulz (iSQRT-COV).")
-    backward: str = _f("taylor", "Backward remedy name from svdlib.BACKWARDS (exact, clip, taylor, "
+    backward: str = _f(DEFAULT_BACKWARD, "Backward remedy name from svdlib.BACKWARDS (exact, clip, taylor, "
                        "pade, power_iteration, truncate, divided_difference).")
+    solver: str = _f("auto", "Forward eigensolver of the meta layer, a name of svdlib.SOLVERS: auto, "
+                     "torch, cusolver_batched, or power_iteration_forward (the 'PI' baseline, "
+                     "differentiated by autograd; backward is then not used).")
     remedy_options: dict = _f({}, "Keyword options of the remedy, e.g. {degree: 9} (taylor), "
-                              "{threshold: 100} (clip), {iterations: 19} (power_iteration).")
+                              "{k_max: 100} (clip), and of the matrix function: {iterations: 19} "
+                              "(steps of the iterative part in use: Newton-Schulz, the "
+                              "power_iteration_forward solver or the power_iteration remedy), "
+                              "eps, min_eigenvalue, compute_dtype.")
     layer_options: dict = _f({}, "Extra keyword arguments passed to the meta layer's constructor.")
     group_size: int = _f(64, "zca: channels per whitening group (the covariance dimension d).")
     zca_eps: float = _f(1e-2, "zca: eps*I added to the covariance (1e-2 in the ECCV code).")
@@ -211,6 +225,7 @@ class ExperimentConfig:
         _choice("stem", self.stem, STEMS)
         _choice("block_norm", self.block_norm, BLOCK_NORMS)
         _choice("method", self.method, METHODS)
+        self._check_meta_layer()
         _choice("meta_dtype", self.meta_dtype, META_DTYPES)
         for t in self.treatments:
             _choice("treatments", t, TREATMENTS)
@@ -243,12 +258,44 @@ class ExperimentConfig:
             raise ValueError(f"lr_milestones must be increasing, got {self.lr_milestones}")
         if self.hybrid_switch_epoch is not None and self.hybrid_switch_epoch < 0:
             raise ValueError(f"hybrid_switch_epoch must be >= 0 or null, got {self.hybrid_switch_epoch}")
+        longest = 0
         for key, values in self.sweep.items():
             if key not in field_names() or key == "sweep":
                 raise ValueError(f"sweep keys must be config fields, got {key!r}")
             if not isinstance(values, list) or not values:
                 raise ValueError(f"sweep[{key!r}] must be a non-empty list, got {values!r}")
+            longest += 1 + max(len(os.fsencode(sweep_folder_part(key, v))) for v in values)
+        if longest - 1 > _MAX_FOLDER_NAME:
+            raise ValueError(
+                f"sweep run folder names (key=value,...) would be up to {longest - 1} bytes long, "
+                f"more than a file system allows ({_MAX_FOLDER_NAME}); sweep fewer fields or "
+                "shorter values")
         return self
+
+    def _check_meta_layer(self) -> None:
+        """backward, solver and remedy_options, checked as the matrix function will check them."""
+        import svdlib
+        from svdlib import _options
+
+        if "solver" in self.remedy_options:  # older configs carried the solver in remedy_options
+            import warnings
+
+            options = dict(self.remedy_options)
+            moved = options.pop("solver")
+            if self.solver not in ("auto", moved):
+                raise ValueError(f"solver is given twice: solver={self.solver!r} and "
+                                 f"remedy_options.solver={moved!r}")
+            warnings.warn("remedy_options.solver is deprecated; set the config field 'solver' "
+                          "(see CHANGELOG.md)", FutureWarning, stacklevel=4)
+            self.solver, self.remedy_options = moved, options
+        _choice("backward", self.backward, tuple(svdlib.BACKWARDS))
+        self.solver = svdlib.solvers.canonical_name(self.solver)
+        _choice("solver", self.solver, ("auto", *svdlib.SOLVERS))
+        try:
+            _options.check_matrix_function_options(self.method, self.backward,
+                                                   {**self.remedy_options, "solver": self.solver})
+        except ValueError as exc:
+            raise ValueError(f"remedy_options: {exc}") from None
 
     @property
     def effective_stem_width(self) -> int:
@@ -375,13 +422,32 @@ _SPECIAL = ("base", "profiles")
 def _read_yaml(path: str) -> dict:
     import yaml
 
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {path} is not UTF-8 text: {e}") from None
+    except yaml.constructor.ConstructorError as e:
+        raise ValueError(f"could not parse config file {path}: {e}; config files are read with "
+                         "yaml.safe_load, so tags such as !!python/... are not allowed") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"could not parse config file {path}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must contain a YAML mapping, got {type(data).__name__}")
     return data
+
+
+def _check_types(values: dict, where: str) -> None:
+    """Type-check each value of one section of a file where it is written, so a value that a
+    profile or a child file overrides is checked too; the message names ``where``."""
+    hints = _hints()
+    for name, value in values.items():
+        try:
+            _coerce(name, value, hints[name])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{e} ({where})") from None
 
 
 def _resolve_file(path: str, _seen: tuple = ()) -> tuple[dict, dict]:
@@ -409,12 +475,14 @@ def _resolve_file(path: str, _seen: tuple = ()) -> tuple[dict, dict]:
         _unknown_keys(section.keys(), f"{path} profiles.{pname}")
         if "profile" in section:
             raise ValueError(f"profiles.{pname} in {path} must not set 'profile'")
+        _check_types(section, f"profiles.{pname} of {path}")
         profiles = {**profiles, pname: {**profiles.get(pname, {}), **section}}
     fields = {k: v for k, v in data.items() if k not in _SPECIAL}
     _unknown_keys(fields.keys(), path)
     if "profile" in fields:
         raise ValueError(f"{path} must not set 'profile' at top level; it is chosen when loading "
                          f"(load_config(profile=...) or --profile)")
+    _check_types(fields, f"top level of {path}")
     top.update(fields)
     return top, profiles
 
@@ -498,11 +566,29 @@ def apply_overrides(cfg: ExperimentConfig, overrides=()) -> ExperimentConfig:
     return config_from_dict(values)
 
 
+_MAX_FOLDER_NAME = 255
+_PATH_CHARACTERS = ("/", "\\", "\0")
+
+
+def sweep_folder_part(key: str, value: Any) -> str:
+    """``key=value``, one part of a sweep run's folder name; ValueError when the value could
+    make that name reach another folder (a path separator or a control character in it)."""
+    text = f"{key}={value}"
+    bad = [c for c in _PATH_CHARACTERS if c in text] + [c for c in text if ord(c) < 32 and c != "\0"]
+    if bad:
+        raise ValueError(
+            f"sweep value {value!r} of field {key!r} is not usable as a folder name: "
+            f"{text!r} contains {sorted(set(bad))!r}; each sweep run is written to the folder "
+            "<out>/key=value,..., which must stay inside the output folder")
+    return text
+
+
 def expand_sweep(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     """One ``(suffix, config)`` per combination of ``cfg.sweep``.
 
     The suffix names the combination (``"group_size=8,seed=1"``; ``""`` without a sweep) and
-    is meant as a sub-directory of the run's output directory. Each returned config is one
+    is meant as a sub-directory of the run's output directory: it is one folder name, never
+    a path (see :func:`sweep_folder_part`). Each returned config is one
     validated run (its swept fields pinned, its ``sweep`` empty).
     """
     if not cfg.sweep:
@@ -511,7 +597,7 @@ def expand_sweep(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     out = []
     for combo in itertools.product(*(cfg.sweep[k] for k in keys)):
         changes = dict(zip(keys, combo))
-        suffix = ",".join(f"{k}={v}" for k, v in changes.items())
+        suffix = ",".join(sweep_folder_part(k, v) for k, v in changes.items())
         out.append((suffix, apply_overrides(cfg, changes)))
     return out
 

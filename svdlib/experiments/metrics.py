@@ -55,9 +55,13 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
 
 
 def read_json(path: str | os.PathLike):
-    """Read a JSON file (accepts Python's ``Infinity``/``NaN``)."""
+    """Read a JSON file (accepts Python's ``Infinity``/``NaN``); a damaged (e.g. truncated)
+    file raises ValueError naming it."""
     with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+        try:
+            return json.load(fh)
+        except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{os.fspath(path)} is not valid JSON (truncated or damaged?): {e}") from None
 
 
 class MetricsWriter:

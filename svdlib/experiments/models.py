@@ -250,6 +250,8 @@ def _meta_factory(cfg):
 
     dtype = torch.float64 if cfg.meta_dtype == "float64" else torch.float32
     options = {**cfg.remedy_options, **cfg.layer_options}
+    if cfg.solver != "auto":
+        options["solver"] = cfg.solver
     if cfg.kind == "zca":
         def make(channels: int):
             layer = svdlib.nn.DecorrelatedBatchNorm2d(

@@ -33,6 +33,8 @@ import glob
 import hashlib
 import io
 import json
+import math
+import numbers
 import os
 import platform
 import sys
@@ -86,7 +88,8 @@ class NotebookExecutionError(RuntimeError):
         The partially executed notebook with the full traceback (``NN_name.failed.ipynb``).
     """
 
-    def __init__(self, notebook, cell_index, execution_count, ename, evalue, source, output):
+    def __init__(self, notebook, cell_index, execution_count, ename, evalue, source, output, *,
+                 location=None, timeout=None):
         self.notebook = Path(notebook)
         self.cell_index = cell_index
         self.execution_count = execution_count
@@ -94,10 +97,17 @@ class NotebookExecutionError(RuntimeError):
         self.evalue = evalue
         self.source = source
         self.output = None if output is None else Path(output)
-        where = "an unknown cell" if cell_index is None else f"cell {cell_index}"
+        where = location or ("an unknown cell" if cell_index is None else f"cell {cell_index}")
         if execution_count is not None:
             where += f" (In [{execution_count}])"
-        lines = [f"{self.notebook} failed in {where}: {ename}: {evalue}".rstrip(": ")]
+        if timeout is not None:  # the seconds requested; the cell timed out
+            limit = f"{_execution_timeout(timeout)} s"
+            if _execution_timeout(timeout) != timeout:
+                limit += f" ({timeout:g} s requested; nbclient counts whole seconds)"
+            lines = [f"{self.notebook} timed out in {where}: it ran longer than the per-cell "
+                     f"timeout of {limit} ({ename})"]
+        else:
+            lines = [f"{self.notebook} failed in {where}: {ename}: {evalue}".rstrip(": ")]
         if source:
             src = source.splitlines()
             shown = "\n".join("    " + s for s in src[:12])
@@ -383,29 +393,47 @@ def _check_kernel(kernel: str) -> None:
         )
 
 
-def _locate_failure(executed: Path | None) -> tuple[int | None, int | None, str, str, str]:
-    """(source cell index, execution count, ename, evalue, source) of the first failed cell."""
+def _execution_timeout(timeout: float | None) -> int | None:
+    """The per-cell timeout nbclient gets: whole seconds, a fraction rounded up (0.5 -> 1)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) \
+            or not math.isfinite(timeout) or not timeout > 0:
+        raise ValueError(f"timeout must be None or a number of seconds > 0, got {timeout!r}")
+    return math.ceil(timeout)
+
+
+def _locate_failure(executed: Path | None) -> tuple[int | None, int | None, str, str, str, str | None]:
+    """(source cell index, execution count, ename, evalue, source, location) of the first
+    failed cell; ``location`` describes a failing cell that papermill injected (index None)."""
     if executed is None:
-        return None, None, "", "", ""
+        return None, None, "", "", "", None
     try:
         nb = json.loads(executed.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None, None, "", "", ""
+        return None, None, "", "", "", None
     index = -1
     for cell in nb.get("cells", []):
         meta = cell.get("metadata", {})
-        if any(t in meta.get("tags", []) for t in _PAPERMILL_TAGS):
-            continue
-        index += 1
         src = cell.get("source", "")
         src = "".join(src) if isinstance(src, list) else src
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error":
-                return index, cell.get("execution_count"), out.get("ename", ""), out.get("evalue", ""), src
         pm_meta = meta.get("papermill", {})
-        if pm_meta.get("exception") or pm_meta.get("status") == "running":
-            return index, cell.get("execution_count"), "", "", src
-    return None, None, "", "", ""
+        failed = pm_meta.get("exception") or pm_meta.get("status") == "running"
+        errors = [out for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+        if any(t in meta.get("tags", []) for t in _PAPERMILL_TAGS):
+            if failed or errors:  # before any notebook cell ran (e.g. a tiny timeout)
+                error = errors[0] if errors else {}
+                where = f"the parameters cell injected by papermill (after cell {index})"
+                return (None, cell.get("execution_count"), error.get("ename", ""),
+                        error.get("evalue", ""), src, where)
+            continue
+        index += 1
+        if errors:
+            return index, cell.get("execution_count"), errors[0].get("ename", ""), \
+                errors[0].get("evalue", ""), src, None
+        if failed:
+            return index, cell.get("execution_count"), "", "", src, None
+    return None, None, "", "", "", None
 
 
 def run_notebook(
@@ -438,7 +466,8 @@ def run_notebook(
     kernel : str
         Jupyter kernel name; ``"python3"`` runs this interpreter when ipykernel is installed.
     timeout : float or None
-        Seconds allowed per cell (None: no limit).
+        Seconds allowed per cell (None: no limit); nbclient counts whole seconds, so a fraction
+        is rounded up (0.5 -> 1 s).
     overwrite : bool
         Re-run even if ``out_dir`` already holds a finished run of this notebook (files the
         earlier run left in its ``results_dir`` stay unless the notebook rewrites them).
@@ -469,6 +498,7 @@ def run_notebook(
     # absolute: papermill changes this process's working directory while a notebook runs, and
     # the suite may run several at once
     notebook = Path(path).expanduser().resolve()
+    cell_timeout = _execution_timeout(timeout)
     declared = notebook_parameters(notebook)
     values = _load_config(config)
     values.update(parameters or {})
@@ -514,7 +544,7 @@ def run_notebook(
                 log_output=log_output,
                 cwd=str(notebook.resolve().parent),
                 start_timeout=start_timeout,
-                execution_timeout=timeout,
+                execution_timeout=cell_timeout,
             )
     except BaseException as exc:
         seconds = time.perf_counter() - t0
@@ -525,7 +555,7 @@ def run_notebook(
         if isinstance(exc, KeyboardInterrupt):
             _write_json_atomic(paths["record"], {**record, "status": "interrupted", "seconds": seconds})
             raise
-        index, count, ename, evalue, source = _locate_failure(failed)
+        index, count, ename, evalue, source, where = _locate_failure(failed)
         if isinstance(exc, pm.PapermillExecutionError):
             ename, evalue = ename or exc.ename, evalue or exc.evalue
             source = source or exc.source
@@ -533,7 +563,9 @@ def run_notebook(
             message = str(exc).strip()
             ename = type(exc).__name__
             evalue = message.splitlines()[0] if message else ""
-        error = NotebookExecutionError(notebook, index, count, ename, evalue, source, failed)
+        timed_out = isinstance(exc, TimeoutError) and timeout is not None
+        error = NotebookExecutionError(notebook, index, count, ename, evalue, source, failed,
+                                       location=where, timeout=timeout if timed_out else None)
         _write_json_atomic(
             paths["record"],
             {**record, "status": "failed", "seconds": seconds, "error": str(error)},
@@ -638,6 +670,7 @@ def run_suite(
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    _execution_timeout(timeout)  # checked before any notebook runs
     notebooks = [nb.resolve() for nb in find_notebooks(pattern, only)]  # absolute: see run_notebook
     if not notebooks:
         raise ValueError(f"pattern: no notebook matches {pattern!r}")
@@ -751,7 +784,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-run notebooks that already finished")
     p.add_argument("--keep-going", action="store_true", help="go on after a failing notebook")
     p.add_argument("--jobs", type=int, default=1, help="notebooks run at the same time (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=3600, help="seconds per cell (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=3600,
+                   help="seconds per cell, fractions rounded up (default: %(default)s)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel (default: %(default)s)")
     p.add_argument("--list", action="store_true", help="list the notebooks and their parameters, run nothing")
     return p

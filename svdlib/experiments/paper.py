@@ -56,7 +56,7 @@ def _row_key(cfg, name: str):
     if name == "zca_stability":
         if cfg.kind == "bn":
             return None
-        return "power_iteration_forward" if cfg.remedy_options.get("solver") == "power_iteration" else cfg.backward
+        return "power_iteration_forward" if cfg.solver == "power_iteration_forward" else cfg.backward
     if cfg.method == "newton_schulz":
         return frozenset({"newton_schulz"})
     if cfg.backward != "taylor":  # the ECCV rows all back-propagate with the Taylor remedy

@@ -40,6 +40,7 @@ from . import distributed as D
 from .config import (RUNTIME_ONLY_FIELDS, ExperimentConfig, PROFILES, apply_overrides,
                      config_from_dict, config_help, load_config)
 from .data import build_datasets, epoch_indices, iterate_batches, num_batches
+from .lock import run_lock
 from .metrics import MetricsWriter, number_or_none, read_json, write_json_atomic
 from .models import build_model
 
@@ -72,8 +73,10 @@ def _check_same_config(stored: dict, cfg: ExperimentConfig, out_dir: str) -> Non
 
 
 def _prepare_out_dir(cfg: ExperimentConfig, out_dir: str, resume: bool, overwrite: bool):
-    """Decide what to do with ``out_dir``: ("finished", summary) / ("resume", None) / ("fresh", None)."""
+    """Decide what to do with ``out_dir``: ("finished", summary) / ("resume", None) / ("fresh", None).
+    Called with the folder's lock held, so temporaries of killed checkpoint saves are stale."""
     os.makedirs(out_dir, exist_ok=True)
+    ckpt.remove_stale_temporaries(os.path.join(out_dir, "checkpoint.pt"))
     present = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
     if overwrite:
         for f in RUN_FILES:
@@ -87,7 +90,13 @@ def _prepare_out_dir(cfg: ExperimentConfig, out_dir: str, resume: bool, overwrit
             raise FileExistsError(
                 f"{out_dir} holds a finished run (summary.json); pass resume=True (--resume) to "
                 f"reuse it or overwrite=True (--overwrite) to replace it")
-        summary = read_json(summary_path)
+        hint = "start the run again with overwrite=True (--overwrite)"
+        try:
+            summary = read_json(summary_path)
+        except ValueError as e:
+            raise ValueError(f"{e}; {hint}") from None
+        if not isinstance(summary, dict):
+            raise ValueError(f"{summary_path} is not a run summary (a JSON object); {hint}")
         _check_same_config(summary.get("config", {}), cfg, out_dir)
         return "finished", summary
     if os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
@@ -334,22 +343,25 @@ def train(config: ExperimentConfig | dict, out_dir: str | os.PathLike, resume: b
     cfg.validate()
     out_dir = os.fspath(out_dir)
     info, device = D.setup(cfg.device)
+    held = contextlib.ExitStack()  # rank 0 holds the folder's lock for the whole run
     try:
-        decision = None
+        decision, error = None, None
         if info.is_main:
             try:
+                os.makedirs(out_dir, exist_ok=True)
+                held.enter_context(run_lock(out_dir))
                 decision = _prepare_out_dir(cfg, out_dir, resume, overwrite)
-            except (FileExistsError, ValueError) as e:
-                decision = ("error", f"{type(e).__name__}: {e}")
+            except (OSError, ValueError) as e:
+                decision, error = ("error", isinstance(e, FileExistsError), str(e)), e
         decision = D.broadcast_object(decision, info)
         if decision[0] == "error":
-            kind, _, message = decision[1].partition(": ")
-            raise (FileExistsError if kind == "FileExistsError" else ValueError)(message)
+            raise error or (FileExistsError if decision[1] else ValueError)(decision[2])
         if decision[0] == "finished":
             return decision[1]
         with _determinism(cfg.deterministic, device), _threads(cfg.num_threads):
             return _run(cfg, out_dir, decision[0] == "resume", stop_after_epoch, info, device)
     finally:
+        held.close()
         D.cleanup(info)
 
 
@@ -386,7 +398,7 @@ def run_sweep(config: str | os.PathLike | ExperimentConfig, out_dir: str | os.Pa
     keys = list(cfg.sweep)
     out = []
     for suffix, c in expand_sweep(cfg):
-        run_dir = os.path.join(os.fspath(out_dir), suffix) if suffix else os.fspath(out_dir)
+        run_dir = _sweep_run_dir(os.fspath(out_dir), suffix)
         summary = dict(train(c, run_dir, resume=resume and not overwrite, overwrite=overwrite))
         summary["run_dir"] = run_dir
         summary["sweep_point"] = {k: getattr(c, k) for k in keys}
@@ -394,17 +406,36 @@ def run_sweep(config: str | os.PathLike | ExperimentConfig, out_dir: str | os.Pa
     return out
 
 
+def _check_steps(cfg: ExperimentConfig, n_train: int, local_batch: int, info) -> None:
+    """Refuse a run whose epochs would hold no training step (it would report a train loss of
+    0 and an untrained model as finished)."""
+    idx = epoch_indices(n_train, seed=cfg.seed, epoch=0, shuffle=True, rank=info.rank,
+                        world_size=info.world_size)
+    if num_batches(len(idx), local_batch, cfg.drop_last) == 0:
+        per_process = f" ({local_batch} per process)" if info.distributed else ""
+        raise ValueError(
+            f"no training step per epoch: batch_size {cfg.batch_size}{per_process} is larger than "
+            f"the {n_train} training images and drop_last is true, so every batch is dropped; "
+            "lower batch_size, use more training images (train_subset) or set drop_last: false")
+
+
+def _sweep_run_dir(out_dir: str, suffix: str) -> str:
+    """``out_dir/suffix``, refused unless it resolves (symbolic links followed) to a folder
+    inside ``out_dir``: a run of a sweep never writes, or deletes with overwrite, elsewhere."""
+    if not suffix:
+        return out_dir
+    run_dir = os.path.join(out_dir, suffix)
+    root, target = os.path.realpath(out_dir), os.path.realpath(run_dir)
+    if os.path.dirname(target) != root:
+        raise ValueError(f"sweep run folder {run_dir} resolves to {target}, outside the output "
+                         f"folder {root}; remove that link or choose another output folder")
+    return run_dir
+
+
 def _run(cfg: ExperimentConfig, out_dir: str, resuming: bool, stop_after_epoch, info, device) -> dict:
     import yaml
 
     t_start = time.perf_counter()
-    if info.is_main and not resuming:
-        cfg_path = os.path.join(out_dir, "config.yaml")
-        tmp = cfg_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
-        os.replace(tmp, cfg_path)
-
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size must be divisible by the number of processes "
                          f"({info.world_size}), got {cfg.batch_size}")
@@ -416,6 +447,14 @@ def _run(cfg: ExperimentConfig, out_dir: str, resuming: bool, stop_after_epoch, 
     D.barrier(info)
     if not info.is_main:
         train_ds, test_ds, num_classes = build_datasets(cfg)
+    _check_steps(cfg, len(train_ds), local_batch, info)
+
+    if info.is_main and not resuming:
+        cfg_path = os.path.join(out_dir, "config.yaml")
+        tmp = cfg_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+        os.replace(tmp, cfg_path)
 
     _seed_all(cfg.seed)
     model = build_model(cfg, num_classes)
@@ -442,7 +481,7 @@ def _run(cfg: ExperimentConfig, out_dir: str, resuming: bool, stop_after_epoch, 
              "failures_total": 0, "failures_since_log": 0, "wall_time": 0.0, "last_epoch": None,
              "metrics_lines": 0}
     if resuming:
-        c = ckpt.load_checkpoint(os.path.join(out_dir, "checkpoint.pt"), map_location=device)
+        c = _load_run_checkpoint(out_dir, device)
         _check_same_config(c["config"], cfg, out_dir)
         model.load_state_dict(c["model"])
         opt.load_state_dict(c["optimizer"])
@@ -606,6 +645,25 @@ def _run(cfg: ExperimentConfig, out_dir: str, resuming: bool, stop_after_epoch, 
     return summary
 
 
+_CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "rng", "state", "config")
+
+
+def _load_run_checkpoint(out_dir: str, device) -> dict:
+    """The run's checkpoint.pt; CheckpointError (a ValueError) naming the file and the way out
+    when it is damaged or not a checkpoint of this harness."""
+    path = os.path.join(out_dir, "checkpoint.pt")
+    hint = "start the run again with --overwrite (overwrite=True)"
+    try:
+        c = ckpt.load_checkpoint(path, map_location=device)
+    except ckpt.CheckpointError as e:
+        raise ckpt.CheckpointError(f"{e}; {hint}") from None
+    missing = [k for k in _CHECKPOINT_KEYS if k not in c] if isinstance(c, dict) else list(_CHECKPOINT_KEYS)
+    if missing:
+        raise ckpt.CheckpointError(
+            f"{path} is not a training checkpoint of this harness (no {', '.join(missing)}); {hint}")
+    return c
+
+
 def _save(out_dir, model, opt, scaler, cfg, state, info, t_start) -> None:
     rng = D.all_gather_object(ckpt.get_rng_state(), info)
     if not info.is_main:
@@ -680,7 +738,7 @@ def main(argv=None) -> int:
     overrides = [o for group in args.overrides for o in group]
     try:
         cfg = load_config(args.config, profile=args.profile, overrides=overrides)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
@@ -688,14 +746,18 @@ def main(argv=None) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    info, _ = D.setup(cfg.device)  # one process group for every run of a sweep (torchrun)
+    try:
+        info, _ = D.setup(cfg.device)  # one process group for every run of a sweep (torchrun)
+    except RuntimeError as e:  # device='cuda' without CUDA
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         if args.sweep:
             summaries = run_sweep(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
         else:
             summaries = [dict(train(cfg, args.out, resume=args.resume, overwrite=args.overwrite),
                               run_dir=args.out)]
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+    except (ValueError, OSError) as e:  # bad run folder, damaged files, refused runs
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -1,6 +1,5 @@
-"""Batch statistics shared across processes (DESIGN.md, "Layers": "Under DDP the statistics
-are all-reduced (count, sum, sum of outer products, in float64) so every rank whitens the same
-way").
+"""Batch statistics shared across processes: under DDP the statistics are all-reduced (count,
+sum, sum of outer products, in float64) so every rank whitens the same way.
 
 Each rank accumulates, in float64, the number of columns ``n_r``, the column sum
 ``s_r = X_r 1`` and the sum of outer products ``O_r = X_r X_r^T`` of its local data

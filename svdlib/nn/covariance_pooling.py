@@ -12,20 +12,42 @@ import torch
 from torch import nn
 
 import svdlib
+from svdlib._options import check_matrix_function_options
 from svdlib.remedies import DEFAULT_MATFUNC_BACKWARD
 
-from ._checks import check_backward, check_feature_map, check_method, check_positive_int
+from svdlib._validation import is_traced
 
-__all__ = ["CovariancePooling", "vectorize_symmetric"]
+from .._autocast import autocast_dtype, autocast_off, compute_dtype_under_autocast
+from ._capture import exporting, onnx_exporting
+from ._checks import (
+    check_backward,
+    check_covariance_finite,
+    check_feature_map,
+    check_finite_input,
+    check_method,
+    check_positive_int,
+)
+
+__all__ = ["CovariancePooling", "vectorize_symmetric", "triu_flat_index"]
 
 _VECTORIZE = ("triu", "full")
 
 
-def vectorize_symmetric(Q: torch.Tensor, mode: str = "triu") -> torch.Tensor:
+def triu_flat_index(d: int, device=None) -> torch.Tensor:
+    """Positions i*d + j (i <= j, row by row: the order of ``torch.triu_indices``) of the upper
+    triangle in a flattened d x d matrix."""
+    rows, cols = torch.triu_indices(d, d, device=device)
+    return rows * d + cols
+
+
+def vectorize_symmetric(Q: torch.Tensor, mode: str = "triu", index: torch.Tensor | None = None) -> torch.Tensor:
     """Flatten a batch of symmetric (..., d, d) matrices.
 
     ``"triu"`` keeps the d(d+1)/2 entries on and above the diagonal, row by row (the order of
     ``torch.triu_indices``), as the ICCV 2021 GCP code does; ``"full"`` keeps all d*d entries.
+    ``index`` is :func:`triu_flat_index` computed beforehand (a layer keeps it as a buffer, so
+    exported graphs gather with a constant instead of calling ``triu_indices``, which ONNX
+    lacks).
     """
     if mode not in _VECTORIZE:
         raise ValueError(f"vectorize must be one of {_VECTORIZE}, got {mode!r}")
@@ -33,8 +55,7 @@ def vectorize_symmetric(Q: torch.Tensor, mode: str = "triu") -> torch.Tensor:
     flat = Q.reshape(*Q.shape[:-2], d * d)
     if mode == "full":
         return flat
-    rows, cols = torch.triu_indices(d, d, device=Q.device)
-    return flat[..., rows * d + cols]
+    return flat[..., triu_flat_index(d, Q.device) if index is None else index]
 
 
 class CovariancePooling(nn.Module):
@@ -77,10 +98,14 @@ class CovariancePooling(nn.Module):
     covariance_dtype : torch.dtype or None, default None
         Real floating dtype in which the covariance *and* its square root are formed: the
         reduced features are cast to it after the 1x1 reduction, autocast is switched off for
-        the covariance and the square root, and the output is cast back to the input's dtype.
+        the covariance and the square root, and the output is cast back to the input's dtype
+        (to the autocast dtype under ``torch.autocast``).
         ``torch.float64`` reproduces the ICCV 2021 code, which casts the reduced features to
         double before forming the covariance (``compute_dtype`` alone only widens the square
-        root, not the covariance it is given). None (default): everything in the features' dtype.
+        root, not the covariance it is given). None (default): everything in the features'
+        dtype, except under ``torch.autocast``, where the covariance and its root are formed in
+        float32 with autocast off (the reduction stays under autocast) and the output has the
+        autocast dtype.
     **options
         Passed to :func:`svdlib.sqrtm` (e.g. ``iterations=5``, ``degree=100``,
         ``compute_dtype=torch.float64``: the ICCV 2021 code eigendecomposes in float64).
@@ -93,6 +118,17 @@ class CovariancePooling(nn.Module):
         d, the size of the covariance matrices.
     reduce : torch.nn.Sequential or None
         The 1x1 conv + BN + ReLU reduction.
+    triu_index : torch.Tensor or None
+        :func:`triu_flat_index` of d (for ``vectorize="triu"``), a buffer not saved in the
+        state dict.
+
+    Notes
+    -----
+    Deployment: ``torch.export`` and ``torch.compile(fullgraph=True)`` capture both methods.
+    ONNX has no eigendecomposition, so ``torch.onnx.export`` of ``method="eigh"`` raises; export
+    with ``method="newton_schulz"`` (:func:`svdlib.nn.onnx_ready` switches a trained model's
+    layers over with 15 iterations, README "Deploying a trained model" gives the measured
+    accuracy). ``last_condition_number`` is not updated while the layer is exported.
 
     Examples
     --------
@@ -139,9 +175,13 @@ class CovariancePooling(nn.Module):
         self.backward = check_backward(backward)
         self.track_condition_number = bool(track_condition_number)
         self.options = dict(options)
+        check_matrix_function_options(self.method, self.backward, self.options)
         d = self.dim
         self.output_dim = d * (d + 1) // 2 if vectorize == "triu" else d * d
         self.last_condition_number: torch.Tensor | None = None
+        # a function of d alone: not saved in the state dict
+        index = triu_flat_index(d) if vectorize == "triu" else None
+        self.register_buffer("triu_index", index, persistent=False)
 
     def extra_repr(self) -> str:
         s = (f"in_channels={self.in_channels}, dim={self.dim}, method={self.method!r}, "
@@ -155,44 +195,104 @@ class CovariancePooling(nn.Module):
 
     def _reduced(self, x: torch.Tensor) -> torch.Tensor:
         """Validate ``x`` and apply the 1x1 reduction (in the network's dtype)."""
-        check_feature_map(x, "input", self.in_channels)
-        if self.reduce is not None:
-            x = self.reduce(x)
+        check_feature_map(x, "input", self.in_channels, "CovariancePooling")
+        check_finite_input(x, "input", "CovariancePooling")
         H, W = x.shape[-2:]
         if H * W < 2:
             raise ValueError(
                 "CovariancePooling needs at least 2 spatial positions (H*W >= 2) to estimate a "
                 f"covariance, got H*W = {H * W} (input shape {tuple(x.shape)})"
             )
-        return x
+        if self.reduce is None:
+            return x
+        z = self.reduce(x)
+        self._check_reduction(x, z)
+        return z
 
-    def _wide(self, z: torch.Tensor):
-        """No autocast while ``covariance_dtype`` is in force (it would narrow the matmuls)."""
-        if self.covariance_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=z.device.type, enabled=False)
+    def _check_reduction(self, x: torch.Tensor, z: torch.Tensor) -> None:
+        """The reduction of the finite ``x`` must leave finite features and statistics: the
+        BatchNorm's batch variance overflows for inputs near sqrt(float max) (1e19 in float32),
+        and then normalises everything to ~0 silently."""
+        if is_traced(z):
+            return
+        state = [t for t in self.reduce.buffers() if t.is_floating_point()]
+        if bool(torch.stack([torch.isfinite(t).all() for t in (z, *state)]).all()):
+            return
+        if not all(bool(torch.isfinite(p).all()) for p in self.reduce.parameters()):
+            raise ValueError(
+                "CovariancePooling: the weights of the 1x1 reduction (conv + BatchNorm) contain "
+                "NaN/Inf (a diverged optimiser step?); the input was finite"
+            )
+        dtype = str(z.dtype).removeprefix("torch.")
+        raise ValueError(
+            f"CovariancePooling: the 1x1 reduction (conv + BatchNorm) of input (shape "
+            f"{tuple(x.shape)}, largest |entry| {float(x.detach().abs().amax()):.3g}) overflowed "
+            f"{dtype} in its BatchNorm variance; scale the input"
+        )
 
-    def _covariance_of(self, z: torch.Tensor) -> torch.Tensor:
-        B, d, H, W = z.shape
+    @contextlib.contextmanager
+    def _statistics_kept_on_error(self):
+        """Undo the BatchNorm running-statistics update of a training call that raises, so a
+        failed call leaves the layer as it was (the input check runs before the update; this
+        covers what only shows after it: overflow in the reduction, a failing square root)."""
+        if self.reduce is None or not self.training:
+            yield
+            return
+        saved = [(buf, buf.clone()) for buf in self.reduce.buffers()]
+        try:
+            yield
+        except BaseException:
+            with torch.no_grad():
+                for buf, value in saved:
+                    buf.copy_(value)
+            raise
+
+    def _wide_dtype(self, z: torch.Tensor) -> torch.dtype | None:
+        """The dtype the covariance and its root are formed in, when not ``z``'s own."""
         if self.covariance_dtype is not None:
-            z = z.to(self.covariance_dtype)
-        return svdlib.covariance(z.reshape(B, d, H * W))
+            return self.covariance_dtype
+        if autocast_dtype(z) is not None:
+            return compute_dtype_under_autocast(z)
+        return None
+
+    def _covariance_of(self, z: torch.Tensor, x: torch.Tensor, wide: torch.dtype | None) -> torch.Tensor:
+        B, d, H, W = z.shape
+        if wide is not None:
+            z = z.to(wide)
+        P = svdlib.covariance(z.reshape(B, d, H * W))
+        name = "input" if self.reduce is None else "the reduced input"
+        check_covariance_finite(P, z if self.reduce is not None else x, name, "CovariancePooling",
+                                remedy="use covariance_dtype=torch.float64")
+        return P
 
     def covariance(self, x: torch.Tensor) -> torch.Tensor:
         """The (B, d, d) covariance of the (reduced) features over the H*W positions, in
-        ``covariance_dtype`` when that is set."""
-        z = self._reduced(x)
-        with self._wide(z):
-            return self._covariance_of(z)
+        ``covariance_dtype`` when that is set (float32 under autocast)."""
+        with self._statistics_kept_on_error():
+            z = self._reduced(x)
+            wide = self._wide_dtype(z)
+            with autocast_off(z, wide is not None):
+                return self._covariance_of(z, x, wide)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pool ``x`` (B, C, H, W) into (B, output_dim), in ``x``'s dtype."""
-        z = self._reduced(x)
-        with self._wide(z):
-            P = self._covariance_of(z)
-            if self.track_condition_number:
-                with torch.no_grad():
-                    self.last_condition_number = svdlib.condition_number(P.detach())
-            Q = svdlib.sqrtm(P, method=self.method, backward=self.backward, **self.options)
-            y = vectorize_symmetric(Q, self.vectorize)
-        return y if self.covariance_dtype is None else y.to(x.dtype)
+        """Pool ``x`` (B, C, H, W) into (B, output_dim), in ``x``'s dtype (the autocast dtype
+        under ``torch.autocast``)."""
+        if self.method == "eigh" and onnx_exporting():
+            raise RuntimeError(
+                "CovariancePooling(method='eigh') cannot be exported to ONNX: ONNX has no "
+                "eigendecomposition operator. Export with method='newton_schulz' (only matrix "
+                "products): svdlib.nn.onnx_ready(model) returns a copy whose covariance pooling "
+                "uses 15 Newton-Schulz iterations (accuracy: README, 'Deploying a trained model')"
+            )
+        with self._statistics_kept_on_error():
+            z = self._reduced(x)
+            wide = self._wide_dtype(z)
+            with autocast_off(z, wide is not None):
+                P = self._covariance_of(z, x, wide)
+                if self.track_condition_number and not exporting():
+                    with torch.no_grad():
+                        self.last_condition_number = svdlib.condition_number(P.detach())
+                Q = svdlib.sqrtm(P, method=self.method, backward=self.backward, **self.options)
+                y = vectorize_symmetric(Q, self.vectorize, self.triu_index)
+        out_dtype = autocast_dtype(x) or (x.dtype if wide is not None else y.dtype)
+        return y.to(out_dtype)

@@ -12,31 +12,89 @@ import torch
 import svdlib
 from svdlib.remedies import DEFAULT_MATFUNC_BACKWARD
 
-from ._checks import check_backward, check_feature_map, check_method, check_nonnegative, check_positive_int
+from ._checks import (check_backward, check_covariance_finite, check_feature_map,
+                      check_finite_input, check_method, check_nonnegative, check_positive_int)
 
 __all__ = ["whiten", "color", "wct", "color_transfer"]
 
 
-def _grouped(x: torch.Tensor, name: str, groups: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, G, C/G, H*W), checking the shape and that H*W >= 2."""
-    check_feature_map(x, name)
+# compute_dtype only widens the eigendecomposition; the covariance is formed in the input's dtype
+_WIDER = "pass float64 features (x.double())"
+
+
+def _checked(x: torch.Tensor, name: str, layer: str, channels: int | None = None) -> None:
+    """A finite (B, C, H, W) feature map, errors naming ``layer`` and the caller's ``name``."""
+    check_feature_map(x, name, channels, layer)
+    check_finite_input(x, name, layer)
+
+
+def _grouped(x: torch.Tensor, name: str, groups: int, layer: str, min_positions: int = 1):
+    """(B, C, H, W) -> (B, G, C/G, H*W), checking that G divides C and H*W >= min_positions."""
     B, C, H, W = x.shape
-    groups = check_positive_int(groups, "groups")
     if C % groups:
         raise ValueError(
-            f"groups must divide the number of channels of {name} (C = {C}), got groups={groups}"
+            f"{layer}: groups must divide the number of channels of {name} (C = {C}), "
+            f"got groups={groups}"
         )
-    if H * W < 2:
+    if H * W < min_positions:
         raise ValueError(
-            f"{name} needs at least 2 spatial positions (H*W >= 2) to estimate a per-sample "
-            f"covariance, got H*W = {H * W} (shape {tuple(x.shape)})"
+            f"{layer}: {name} needs at least 2 spatial positions (H*W >= 2) to estimate a "
+            f"per-sample covariance, got H*W = {H * W} (shape {tuple(x.shape)})"
         )
     return x.reshape(B, groups, C // groups, H * W)
+
+
+def _sample_covariance(X: torch.Tensor, x: torch.Tensor, name: str, layer: str) -> torch.Tensor:
+    P = svdlib.covariance(X)
+    check_covariance_finite(P, x, name, layer, remedy=_WIDER)
+    return P
 
 
 def _check_common(method: str, backward: str) -> None:
     check_method(method)
     check_backward(backward)
+
+
+def _whiten(x, name, layer, method, backward, eps, groups, options) -> torch.Tensor:
+    """Whitening of the checked ``x`` (eq. 30-31); see :func:`whiten`."""
+    X = _grouped(x, name, groups, layer, min_positions=2)
+    mu = X.mean(dim=-1, keepdim=True)
+    # eps * I is added by the spine (``eps`` of svdlib.inv_sqrtm) for both methods.
+    S = svdlib.inv_sqrtm(_sample_covariance(X, x, name, layer), method=method,
+                         backward=backward, eps=eps, **options)
+    return (S @ (X - mu)).reshape(x.shape)
+
+
+def _color(xw, style, names, layer, method, backward, groups, options) -> torch.Tensor:
+    """Colouring of the checked ``xw`` with the checked ``style`` (eq. 32-33); see
+    :func:`color`. ``names`` are the caller's names of the two."""
+    if style.shape[0] not in (1, xw.shape[0]):
+        raise ValueError(
+            f"{layer}: {names[1]} must have batch size 1 or that of {names[0]} ({xw.shape[0]}), "
+            f"got {style.shape[0]} (shape {tuple(style.shape)})"
+        )
+    Xw = _grouped(xw, names[0], groups, layer)
+    Xs = _grouped(style, names[1], groups, layer, min_positions=2)
+    mu_s = Xs.mean(dim=-1, keepdim=True)
+    Cs = svdlib.sqrtm(_sample_covariance(Xs, style, names[1], layer), method=method,
+                      backward=backward, **options)
+    return (Cs.to(xw.dtype) @ Xw + mu_s.to(xw.dtype)).reshape(xw.shape)
+
+
+def _wct(content, style, names, layer, alpha, method, backward, eps, groups, options):
+    """WCT of the checked ``content`` and ``style`` (eq. 30-33); see :func:`wct`."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"{layer}: alpha must be a number in [0, 1], got {alpha!r}")
+    _check_common(method, backward)
+    eps = check_nonnegative(eps, "eps")
+    groups = check_positive_int(groups, "groups")
+    if alpha == 0.0:
+        return content.clone()
+    out = _color(_whiten(content, names[0], layer, method, backward, eps, groups, options),
+                 style, names, layer, method, backward, groups, options)
+    if alpha == 1.0:
+        return out
+    return alpha * out + (1.0 - alpha) * content
 
 
 def whiten(
@@ -82,11 +140,9 @@ def whiten(
     """
     _check_common(method, backward)
     eps = check_nonnegative(eps, "eps")
-    X = _grouped(x, "x", groups)
-    mu = X.mean(dim=-1, keepdim=True)
-    # eps * I is added by the spine (``eps`` of svdlib.inv_sqrtm) for both methods.
-    S = svdlib.inv_sqrtm(svdlib.covariance(X), method=method, backward=backward, eps=eps, **options)
-    return (S @ (X - mu)).reshape(x.shape)
+    groups = check_positive_int(groups, "groups")
+    _checked(x, "x", "whiten")
+    return _whiten(x, "x", "whiten", method, backward, eps, groups, options)
 
 
 def color(
@@ -123,22 +179,10 @@ def color(
         The coloured features, shape of ``xw``.
     """
     _check_common(method, backward)
-    check_feature_map(xw, "xw")
-    check_feature_map(style, "style", xw.shape[1])
-    if style.shape[0] not in (1, xw.shape[0]):
-        raise ValueError(
-            f"style must have batch size 1 or that of xw ({xw.shape[0]}), got {style.shape[0]} "
-            f"(shape {tuple(style.shape)})"
-        )
-    B, C, H, W = xw.shape
     groups = check_positive_int(groups, "groups")
-    if C % groups:
-        raise ValueError(f"groups must divide the number of channels (C = {C}), got groups={groups}")
-    Xw = xw.reshape(B, groups, C // groups, H * W)
-    Xs = _grouped(style, "style", groups)
-    mu_s = Xs.mean(dim=-1, keepdim=True)
-    Cs = svdlib.sqrtm(svdlib.covariance(Xs), method=method, backward=backward, **options)
-    return (Cs.to(xw.dtype) @ Xw + mu_s.to(xw.dtype)).reshape(xw.shape)
+    _checked(xw, "xw", "color")
+    _checked(style, "style", "color", xw.shape[1])
+    return _color(xw, style, ("xw", "style"), "color", method, backward, groups, options)
 
 
 def wct(
@@ -187,19 +231,10 @@ def wct(
     >>> bool(torch.allclose(f(out), f(s), atol=1e-8))
     True
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    check_feature_map(content, "content")
-    check_feature_map(style, "style", content.shape[1])
-    if alpha == 0.0:
-        return content.clone()
-    out = color(
-        whiten(content, method=method, backward=backward, eps=eps, groups=groups, **options),
-        style, method=method, backward=backward, groups=groups, **options,
-    )
-    if alpha == 1.0:
-        return out
-    return alpha * out + (1.0 - alpha) * content
+    _checked(content, "content", "wct")
+    _checked(style, "style", "wct", content.shape[1])
+    return _wct(content, style, ("content", "style"), "wct", alpha, method, backward, eps,
+                groups, options)
 
 
 def color_transfer(
@@ -233,14 +268,15 @@ def color_transfer(
         gradient is zero for the clamped pixels. Before clamping the output has exactly the
         style's colour moments (for eps = 0); after clamping only approximately.
     """
-    for name, img in (("content_img", content_img), ("style_img", style_img)):
-        check_feature_map(img, name, 3)
+    names = ("content_img", "style_img")
+    for name, img in zip(names, (content_img, style_img)):
+        _checked(img, name, "color_transfer", 3)
         lo, hi = float(img.min()), float(img.max())
         if lo < 0.0 or hi > 1.0:
             raise ValueError(
-                f"{name} must hold RGB values in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
-                "divide 8-bit images by 255"
+                f"color_transfer: {name} must hold RGB values in [0, 1], got values in "
+                f"[{lo:.4g}, {hi:.4g}]; divide 8-bit images by 255"
             )
-    out = wct(content_img, style_img, alpha=alpha, method=method, backward=backward, eps=eps,
-              **options)
+    out = _wct(content_img, style_img, names, "color_transfer", alpha, method, backward, eps, 1,
+               options)
     return out.clamp(0.0, 1.0)

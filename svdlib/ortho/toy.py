@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from svdlib._registry import DEFAULT_BACKWARD
+
 from ._matrix import gram_identity_error
 from .presvd import PreSVD, presvd_param_groups
 from .weight import add_orthogonal_loss, orthogonal_weight, spectral_norm
@@ -170,7 +172,7 @@ def simulate(
     weight_decay: float = 5e-4,
     ol_coefficient: float = 0.1,
     seed: int = 0,
-    backward: str = "taylor",
+    backward: str = DEFAULT_BACKWARD,
 ) -> dict[str, np.ndarray]:
     r"""Train the toy GCP classifier with ``treatment`` and record the covariance conditioning.
 
