@@ -22,8 +22,10 @@ def test_atomic_writes_replace_whole_files_and_leave_no_temporaries(tmp_path):
     atomic.write_csv(tmp_path / "t.csv", [{"x": 1, "y": None}, {"x": 2}], ["x", "y"])
     with open(tmp_path / "t.csv", newline="") as fh:
         assert list(csv.DictReader(fh)) == [{"x": "1", "y": ""}, {"x": "2", "y": ""}]
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["r.json", "sub", "t.csv"]
-    with pytest.raises(TypeError, match="str or bytes"):
+    atomic.write_atomic(tmp_path / "w.bin", lambda fh: fh.write(b"\x00\x01"))  # a writer function
+    assert (tmp_path / "w.bin").read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["r.json", "sub", "t.csv", "w.bin"]
+    with pytest.raises(TypeError, match="str, bytes or a writer"):
         atomic.write_atomic(tmp_path / "x", 3)
     with pytest.raises(TypeError, match="not JSON serializable"):
         atomic.write_json(tmp_path / "strict.json", {"a": object()}, finite=True)

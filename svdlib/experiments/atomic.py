@@ -1,9 +1,10 @@
 """Write files so that a reader never sees half of one: the one atomic writer of the harness.
 
 Every file the harness and the notebooks write (``summary.json``, ``report.json``, run records,
-tables, ``SUMMARY.md``) goes through :func:`write_atomic`: the bytes go to a temporary file in
-the target's folder, are flushed to disk, and the temporary file is renamed over the target
-(``os.replace``, atomic on POSIX and Windows). An interrupted write leaves the old file or none.
+tables, ``SUMMARY.md``, checkpoints) goes through :func:`write_atomic`: the bytes go to a
+temporary file in the target's folder, are flushed to disk, and the temporary file is renamed over
+the target (``os.replace``, atomic on POSIX and Windows). An interrupted write leaves the old file
+or none.
 """
 from __future__ import annotations
 
@@ -14,21 +15,30 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Mapping, Sequence
 
-__all__ = ["write_atomic", "write_json", "write_csv", "jsonable"]
+__all__ = ["write_atomic", "fsync_directory", "write_json", "write_csv", "jsonable"]
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically; creates missing folders."""
+def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[BinaryIO], Any]) -> Path:
+    """Write ``data`` to ``path`` atomically and durably; creates missing folders.
+
+    ``data`` is text (written as UTF-8), bytes, or a function that writes into the open binary
+    file (``lambda fh: torch.save(state, fh)``). The temporary file is ``.NAME.<random>.tmp`` in
+    the target's folder; it is flushed to disk, renamed over ``path`` and the folder entry is
+    flushed too, so neither a crash nor a power cut leaves a truncated file.
+    """
     path = Path(path)
-    if not isinstance(data, (str, bytes)):
-        raise TypeError(f"data must be str or bytes, got {type(data).__name__}")
+    if not isinstance(data, (str, bytes)) and not callable(data):
+        raise TypeError(f"data must be str, bytes or a writer function, got {type(data).__name__}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -36,7 +46,21 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_directory(path.parent)
     return path
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Flush a directory entry (a rename) to disk; a no-op where the OS cannot open directories."""
+    if os.name != "posix":
+        return
+    fd = os.open(os.fspath(directory), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems do not support fsync on directories
+        pass
+    finally:
+        os.close(fd)
 
 
 def jsonable(value: Any, finite: bool = False) -> Any:
