@@ -20,6 +20,7 @@ import torch
 
 __all__ = [
     "is_traced",
+    "check_real_tensor",
     "check_square",
     "working_dtype",
     "check_finite",
@@ -33,6 +34,8 @@ __all__ = [
     "default_check",
     "raise_non_finite",
     "renamed_keywords",
+    "ROUNDING_FACTOR",
+    "rounding_rtol",
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -68,6 +71,23 @@ def raise_non_finite(x: torch.Tensor, name: str) -> None:
     )
 
 
+def check_real_tensor(x: torch.Tensor, name: str, layout: str) -> None:
+    """Validate a tensor of real floating dtype with at least 2 dimensions.
+
+    ``layout`` names the dimensions the caller expects, e.g. "(..., n, n)" or "(..., d, N)";
+    every message names the argument, the expectation and the received shape and dtype.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"{name} must have at least 2 dimensions {layout}, got shape {tuple(x.shape)}")
+    if x.dtype not in _REAL_FLOATING:
+        raise ValueError(
+            f"{name} must have a real floating dtype (float16/bfloat16/float32/float64), "
+            f"got {x.dtype} with shape {tuple(x.shape)}"
+        )
+
+
 def check_square(A: torch.Tensor, name: str = "A", finite: bool = True) -> None:
     """Validate a batch of real square matrices of shape (..., n, n).
 
@@ -75,26 +95,34 @@ def check_square(A: torch.Tensor, name: str = "A", finite: bool = True) -> None:
     the one check it makes after the solver (a non-finite input gives non-finite eigenvalues
     or a solver error, and only then is the input scanned to name the problem).
     """
-    if not isinstance(A, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
+    check_real_tensor(A, name, "(..., n, n)")
     shape = A.shape
-    if len(shape) < 2:
-        raise ValueError(
-            f"{name} must have at least 2 dimensions (..., n, n), got shape {tuple(shape)}"
-        )
     if shape[-1] != shape[-2]:
         raise ValueError(
             f"{name} must be square in its last two dimensions (..., n, n), got shape {tuple(shape)}"
         )
-    if A.dtype not in _REAL_FLOATING:
-        raise ValueError(
-            f"{name} must have a real floating dtype (float16/bfloat16/float32/float64), "
-            f"got {A.dtype} with shape {tuple(shape)}"
-        )
     if shape[-1] == 0:
-        raise ValueError(f"{name} must have n >= 1, got shape {tuple(shape)}")
+        raise ValueError(f"{name} must have n >= 1 in its last two dimensions (..., n, n), got shape {tuple(shape)}")
     if finite:
         check_finite(A, name)
+
+
+#: Eigenvalues of a positive semi-definite matrix computed in floating point can come out
+#: negative by rounding, up to about n eps max|lam| (backward-stable solvers; the rounding of
+#: forming a covariance adds to it). Measured on float32/float64 covariances of d = 2..256
+#: features from N = 1..2e6 samples (duplicated, nearly duplicated and constant features,
+#: torch's and numpy's LAPACK, a random similarity first): at most 2.1 n eps max|lam|. Below
+#: -ROUNDING_FACTOR n eps max|lam| an eigenvalue is negative beyond rounding (margin 7x).
+ROUNDING_FACTOR = 16
+
+
+def rounding_rtol(n: int, dtype: torch.dtype) -> float:
+    """ROUNDING_FACTOR * n * eps(dtype): relative size of the rounding of an n x n spectrum.
+
+    An eigenvalue below -rounding_rtol * max|lam| is *clearly* negative: the matrix is not
+    positive semi-definite beyond rounding (:data:`ROUNDING_FACTOR`).
+    """
+    return ROUNDING_FACTOR * n * torch.finfo(dtype).eps
 
 
 def working_dtype(dtype: torch.dtype, compute_dtype: torch.dtype | None) -> torch.dtype:

@@ -86,3 +86,30 @@ def test_covariance_matches_numpy_and_condition_number_matches_eigenvalues():
     assert svdlib.condition_number(torch.diag(torch.tensor([0.0, 1.0]))).item() == float("inf")
     with pytest.raises(ValueError, match=r"\(\.\.\., d, N\)"):
         svdlib.covariance(torch.ones(3))
+
+
+def test_covariance_reports_overflow_and_lists_the_accepted_dtypes():
+    """Issue 17: a finite 1e20 float32 input returned an inf covariance silently; an int64 input
+    was told "must be floating point" without the accepted dtypes."""
+    X = torch.tensor([[1e20, -2e20, 3e20], [1.0, 2.0, 0.0]])
+    with pytest.raises(ValueError, match=r"covariance of X \(shape \(2, 3\), largest \|entry\| 3e\+20\) "
+                                         r"overflowed float32.*float64"):
+        svdlib.covariance(X)
+    # the float64 remedy it names works
+    P = svdlib.covariance(X.double())
+    assert P[0, 0].item() == pytest.approx(np.var(X[0].double().numpy()), rel=1e-12)
+    with pytest.raises(ValueError, match="X contains 1 NaN/Inf"):
+        svdlib.covariance(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+    assert not torch.isfinite(svdlib.covariance(X, check_finite=False)).all()  # the caller checks
+    with pytest.raises(ValueError, match=r"X must have a real floating dtype \(float16/bfloat16/float32/float64\), "
+                                         r"got torch.int64"):
+        svdlib.covariance(torch.ones(2, 3, dtype=torch.int64))
+
+
+def test_shape_messages_name_the_layout_in_one_wording():
+    for fn, bad, message in [(svdlib.covariance, torch.ones(3), r"X must have at least 2 dimensions \(\.\.\., d, N\), got shape \(3,\)"),
+                             (svdlib.eigh, torch.ones(3), r"A must have at least 2 dimensions \(\.\.\., n, n\), got shape \(3,\)"),
+                             (svdlib.covariance, torch.ones(2, 0), r"X must have d >= 1 features and N >= 1 samples .*\(2, 0\)"),
+                             (svdlib.sqrtm, torch.ones(0, 0), r"A must have n >= 1 .*\(0, 0\)")]:
+        with pytest.raises(ValueError, match=message):
+            fn(bad)
