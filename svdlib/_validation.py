@@ -33,6 +33,7 @@ __all__ = [
     "any_value",
     "default_check",
     "raise_non_finite",
+    "batch_index",
     "renamed_keywords",
     "ROUNDING_FACTOR",
     "rounding_rtol",
@@ -69,6 +70,18 @@ def raise_non_finite(x: torch.Tensor, name: str) -> None:
         f"{name} contains {bad} NaN/Inf entries (shape {tuple(x.shape)}, dtype {x.dtype}); "
         "svdlib refuses non-finite input instead of returning silently wrong results"
     )
+
+
+def batch_index(flat: int, batch_shape: torch.Size) -> str:
+    """'[i, j]' for matrix number ``flat`` of a flattened batch of shape ``batch_shape``, '' for
+    an unbatched matrix: errors name the matrix as the caller indexes it."""
+    if len(batch_shape) == 0:
+        return ""
+    index, rest = [], flat
+    for size in reversed(batch_shape):
+        index.append(rest % size)
+        rest //= size
+    return "[" + ", ".join(str(i) for i in reversed(index)) + "]"
 
 
 def check_real_tensor(x: torch.Tensor, name: str, layout: str) -> None:

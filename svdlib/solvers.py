@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from . import _cusolver, diagnostics
-from ._validation import is_traced, raise_non_finite
+from ._validation import batch_index, is_traced, raise_non_finite
 
 __all__ = ["SOLVERS", "Solver", "register_solver", "resolve_solver", "solver_for", "canonical_name",
            "is_differentiable", "Expect", "untrusted", "verify",
@@ -204,17 +204,6 @@ class Expect:
             f"semi-definite matrix stays above that){tail}")
 
 
-def _batch_index(flat: int, batch_shape: torch.Size) -> str:
-    """'[i, j]' for flattened matrix ``flat`` of a batch of shape ``batch_shape`` ('' unbatched)."""
-    if len(batch_shape) == 0:
-        return ""
-    index, rest = [], flat
-    for size in reversed(batch_shape):
-        index.append(rest % size)
-        rest //= size
-    return "[" + ", ".join(str(i) for i in reversed(index)) + "]"
-
-
 #: A solver's eigenpairs are trusted (with :func:`svdlib.diagnostics.check_eigenvectors` on)
 #: when max |U^T U - I| and max |A U - U diag(lam)| / max(|lam|, |A|) are at most
 #: TRUST_FACTOR * n * eps of the dtype. LAPACK's measured up to 1.7 n eps (n = 3; random,
@@ -339,7 +328,7 @@ def _enforce(lam, expect, shape):
     if broken is not None and bool(broken.any()):
         n = shape[-1]
         b = int(broken.reshape(-1).nonzero()[0])
-        raise expect.error(lam.reshape(-1, n)[b], _batch_index(b, shape[:-2]))
+        raise expect.error(lam.reshape(-1, n)[b], batch_index(b, shape[:-2]))
 
 
 def _examine(A, lam, U, ok, raised, solver, expect, source):
@@ -371,7 +360,7 @@ def _repair(A, lam, U, ok, raised, solver, name):
                       RuntimeWarning, stacklevel=4)
     given_up = [b for b, h in zip(bad, how) if h == FALLBACK]
     if given_up:
-        where = ", ".join(f"{name}{_batch_index(b, A.shape[:-2]) or ''}" for b in given_up[:5])
+        where = ", ".join(f"{name}{batch_index(b, A.shape[:-2]) or ''}" for b in given_up[:5])
         more = f" and {len(given_up) - 5} more" if len(given_up) > 5 else ""
         warnings.warn(f"svdlib: the eigensolver and every repair failed on {where}{more}; returning its "
                       "diagonal as eigenvalues and the identity as eigenvectors, which is NOT an "

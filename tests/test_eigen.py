@@ -183,6 +183,13 @@ def test_one_host_synchronisation_per_call(monkeypatch):
     reads.clear()
     svdlib.eigh(A.clone().requires_grad_(), solver="plain_test", backward="taylor", degree=20)
     assert reads == ["item"]
+    # the positive semi-definite and zero-matrix checks of negative powers ride on the same read
+    for call in (lambda: svdlib.inv_sqrtm(A, solver="plain_test"),
+                 lambda: svdlib.inv_sqrtm(A, solver="plain_test", backward="exact"),
+                 lambda: svdlib.sqrtm(A, method="newton_schulz")):
+        reads.clear()
+        call()
+        assert reads == ["item"]
 
 
 def test_symmetric_part_is_one_pass_equal_to_the_half_sum():
