@@ -23,6 +23,7 @@ __all__ = [
     "check_real_tensor",
     "check_square",
     "working_dtype",
+    "compute_dtype_option",
     "check_finite",
     "Check",
     "integer",
@@ -138,12 +139,17 @@ def rounding_rtol(n: int, dtype: torch.dtype) -> float:
     return ROUNDING_FACTOR * n * torch.finfo(dtype).eps
 
 
+def compute_dtype_option(value, name: str = "compute_dtype"):
+    """The check of ``compute_dtype``: None, torch.float32 or torch.float64."""
+    if value not in (None, torch.float32, torch.float64):
+        raise ValueError(f"{name} must be None, torch.float32 or torch.float64, got {value!r}")
+    return value
+
+
 def working_dtype(dtype: torch.dtype, compute_dtype: torch.dtype | None) -> torch.dtype:
     """The dtype the eigensolver runs in: ``compute_dtype`` if given, float32 for
     float16/bfloat16 (no half-precision eigensolver exists), else ``dtype``."""
-    if compute_dtype is not None:
-        if compute_dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
+    if compute_dtype_option(compute_dtype) is not None:
         return compute_dtype
     return torch.float32 if dtype in _LOW_PRECISION else dtype
 
@@ -178,8 +184,10 @@ def real(minimum: float | None = None, *, exclusive: bool = False, maximum: floa
     what = f"a {'' if allow_inf else 'finite '}real number {_bound_text(minimum, maximum, exclusive)}".rstrip()
 
     def check(value, name):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+        if math.isnan(value):
+            raise ValueError(f"{name} must be {what}, got {value!r}")
         value = float(value)
         if (not allow_inf and math.isinf(value)) \
                 or (minimum is not None and (value <= minimum if exclusive else value < minimum)) \
