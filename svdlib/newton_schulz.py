@@ -44,7 +44,8 @@ def _iterate(A: torch.Tensor, iterations: int):
 def _check(A, trace, outputs, name: str, zero_allowed: bool):
     """One host synchronisation: every trace > 0 (or A = 0 where ``zero_allowed``) and every
     output finite; on failure, the error naming the first bad matrix."""
-    scale = A.detach().abs().amax((-1, -2))
+    A, trace = A.detach(), trace.detach()
+    scale = A.abs().amax((-1, -2))
     zero = scale < torch.finfo(A.dtype).tiny
     good = (trace > 0) | zero if zero_allowed else trace > 0
     total = sum(out.sum() for out in outputs)

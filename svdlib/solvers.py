@@ -328,7 +328,7 @@ def _enforce(lam, expect, shape):
     if broken is not None and bool(broken.any()):
         n = shape[-1]
         b = int(broken.reshape(-1).nonzero()[0])
-        raise expect.error(lam.reshape(-1, n)[b], batch_index(b, shape[:-2]))
+        raise expect.error(lam.detach().reshape(-1, n)[b], batch_index(b, shape[:-2]))
 
 
 def _examine(A, lam, U, ok, raised, solver, expect, source):
