@@ -161,7 +161,11 @@ def test_positive_powers_of_the_zero_matrix_are_zero_with_zero_gradient(backward
         assert torch.equal(Q[0], torch.zeros(2, 2, dtype=dtype))
         (Q * G).sum().backward()
         assert torch.equal(A.grad[0], torch.zeros(2, 2, dtype=dtype))
-        assert torch.isfinite(A.grad).all() and A.grad[1].abs().max() > 0.1
+        alone = P.clone().requires_grad_()
+        (svdlib.powm(alone, p, backward=backward) * G[1]).sum().backward()
+        # the same remedy on the same matrix, batched or not: measured 0 (also perturbed); bound 100 eps
+        tol = 100 * torch.finfo(dtype).eps
+        torch.testing.assert_close(A.grad[1], alone.grad, rtol=tol, atol=tol)
     X = torch.zeros(3, 3, dtype=dtype, requires_grad=True)
     Q = svdlib.sqrtm(X, method="newton_schulz")
     Q.sum().backward()
