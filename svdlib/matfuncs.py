@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _options, fused, solvers
+from . import _options, fused, higher_order, solvers
 from ._validation import is_traced, real
 from .eigen import decompose, floor_eigenvalues, prepare
 from .newton_schulz import newton_schulz_sqrtm
@@ -55,8 +55,10 @@ def _power_forward(A, p, solver, min_eigenvalue):
     return _compose(lam, U, p), lam, lam_k, U
 
 
-class _Power(torch.autograd.Function):
-    """Q = U diag(max(lam, floor)^p) U^T; backward by :func:`svdlib.fused.spectral_stage`."""
+class _PowerNoJvp(torch.autograd.Function):
+    """Q = U diag(max(lam, floor)^p) U^T; backward by :func:`svdlib.fused.spectral_stage`, or,
+    when the backward is itself differentiated, :func:`svdlib.higher_order.spectral_twice`.
+    No forward-mode rule: torch.compile traces this class; :class:`_Power` adds it."""
 
     generate_vmap_rule = True
 
@@ -66,17 +68,29 @@ class _Power(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, p, _, _, spec, compile = inputs
+        A, p, _, _, spec, compile = inputs
         _, lam, lam_k, U = output
         ctx.mark_non_differentiable(lam, lam_k, U)
-        ctx.save_for_backward(lam, lam_k, U)
+        ctx.save_for_backward(A, lam, lam_k, U)
+        ctx.save_for_forward(A, lam, lam_k, U)
         ctx.p, ctx.spec, ctx.compile = p, spec, compile
 
     @staticmethod
     def backward(ctx, grad_Q, *_):
-        lam, lam_k, U = ctx.saved_tensors
-        grad_A = fused.spectral_stage(lam, lam_k, U, grad_Q, ctx.p, ctx.spec, ctx.compile)
+        A, lam, lam_k, U = ctx.saved_tensors
+        if higher_order.differentiates_again(grad_Q, U):
+            grad_A = higher_order.spectral_twice(A, lam, lam_k, U, grad_Q, ctx.p, ctx.spec)
+        else:
+            grad_A = fused.spectral_stage(lam, lam_k, U, grad_Q, ctx.p, ctx.spec, ctx.compile)
         return grad_A, None, None, None, None, None
+
+
+class _Power(_PowerNoJvp):
+    @staticmethod
+    def jvp(ctx, dA, *_):
+        # the backward map is self-adjoint: the tangent of Q is the same map applied to dA
+        A, lam, lam_k, U = ctx.saved_tensors
+        return higher_order.spectral_jvp(A, lam, lam_k, U, dA, ctx.p, ctx.spec), None, None, None
 
 
 def powm(
@@ -146,8 +160,9 @@ def powm(
                            differentiable=plan.differentiable)
         floor = default_floor(lam, p) if min_eigenvalue is None else min_eigenvalue
         return _compose(floor_eigenvalues(lam, floor), U, p).to(out_dtype)
-    if is_traced(Ac) or (Ac.requires_grad and torch.is_grad_enabled()):
-        Q = _Power.apply(Ac, p, name, min_eigenvalue, spec, plan.compile)[0]
+    if higher_order.records_derivatives(Ac):
+        function = _PowerNoJvp if torch.compiler.is_compiling() else _Power
+        Q = function.apply(Ac, p, name, min_eigenvalue, spec, plan.compile)[0]
     else:
         Q = _power_forward(Ac, p, name, min_eigenvalue)[0]
     return Q.to(out_dtype)
