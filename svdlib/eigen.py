@@ -69,13 +69,14 @@ class _EighNoJvp(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         A, _, spec, compile, _ = inputs
         ctx.save_for_backward(A, *output)
-        ctx.save_for_forward(A, *output)
+        if higher_order.forward_mode_possible():
+            ctx.save_for_forward(A, *output)
         ctx.spec, ctx.compile = spec, compile
 
     @staticmethod
     def backward(ctx, grad_lam, grad_U):
         A, lam, U = ctx.saved_tensors
-        if higher_order.differentiates_again(grad_lam, grad_U, U):
+        if higher_order.differentiates_again():
             grad_A = higher_order.eigen_backward_twice(A, lam, U, grad_lam, grad_U, ctx.spec)
         else:
             grad_A = fused.eigen_backward(lam, U, grad_lam, grad_U, ctx.spec, ctx.compile)

@@ -57,6 +57,7 @@ from .remedies import exact as _EXACT_REMEDY
 __all__ = [
     "records_derivatives",
     "differentiates_again",
+    "forward_mode_possible",
     "has_exact_second_derivative",
     "eigen_tangent",
     "eigen_jvp",
@@ -79,15 +80,21 @@ def _transformed(*tensors: torch.Tensor | None) -> bool:
     return any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
 
 
-def differentiates_again(*tensors: torch.Tensor | None) -> bool:
+def forward_mode_possible() -> bool:
+    """Whether a jvp rule may run for a Function applied now (forward AD or a torch.func
+    transform is active): only then do the Functions save tensors for it."""
+    return forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+
+
+def differentiates_again() -> bool:
     """Inside a backward: whether its result may be differentiated again (grad mode is on in a
-    ``create_graph=True`` backward, a torch.func transform wraps the tensors, or a forward-mode
-    level is open). False in an ordinary backward, which then runs the stage unchanged."""
+    ``create_graph=True`` backward, a torch.func transform is active, or a forward-mode level is
+    open). False in an ordinary backward, which then runs the stage unchanged."""
     if torch.is_grad_enabled():
         return True
     if torch.compiler.is_compiling():  # torch.compile traces a first-order backward
         return False
-    return forward_ad._current_level >= 0 or _transformed(*tensors)
+    return forward_mode_possible()
 
 
 def _forward_depth() -> int:
@@ -209,7 +216,7 @@ class _Eigenpairs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_lam, grad_U):
         A, lam, U = ctx.saved_tensors
-        if differentiates_again(grad_lam, grad_U, U):
+        if differentiates_again():
             return eigen_backward_twice(A, lam, U, grad_lam, grad_U, _exact_spec()), None, None
         return fused.eigen_backward(lam, U, grad_lam, grad_U, _exact_spec(), compile=False), None, None
 

@@ -72,13 +72,14 @@ class _PowerNoJvp(torch.autograd.Function):
         _, lam, lam_k, U = output
         ctx.mark_non_differentiable(lam, lam_k, U)
         ctx.save_for_backward(A, lam, lam_k, U)
-        ctx.save_for_forward(A, lam, lam_k, U)
+        if higher_order.forward_mode_possible():
+            ctx.save_for_forward(A, lam, lam_k, U)
         ctx.p, ctx.spec, ctx.compile = p, spec, compile
 
     @staticmethod
     def backward(ctx, grad_Q, *_):
         A, lam, lam_k, U = ctx.saved_tensors
-        if higher_order.differentiates_again(grad_Q, U):
+        if higher_order.differentiates_again():
             grad_A = higher_order.spectral_twice(A, lam, lam_k, U, grad_Q, ctx.p, ctx.spec)
         else:
             grad_A = fused.spectral_stage(lam, lam_k, U, grad_Q, ctx.p, ctx.spec, ctx.compile)
