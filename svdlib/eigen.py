@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import _options, fused, higher_order, solvers
+from ._autocast import outside_autocast
 from ._validation import check_square, is_traced, working_dtype
 from .remedies import DEFAULT_BACKWARD
 
@@ -111,6 +112,7 @@ def decompose(A: torch.Tensor, solver: str, spec, *, iterations: int | None = No
     return solvers.solve(A, solver, name=name)
 
 
+@outside_autocast
 def eigh(
     A: torch.Tensor,
     backward: str = DEFAULT_BACKWARD,

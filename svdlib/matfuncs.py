@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import _options, fused, higher_order, solvers
+from ._autocast import outside_autocast
 from ._validation import is_traced, real
 from .eigen import decompose, floor_eigenvalues, prepare
 from .newton_schulz import newton_schulz_sqrtm
@@ -94,6 +95,7 @@ class _Power(_PowerNoJvp):
         return higher_order.spectral_jvp(A, lam, lam_k, U, dA, ctx.p, ctx.spec), None, None, None
 
 
+@outside_autocast
 def powm(
     A: torch.Tensor,
     p: float,
@@ -140,7 +142,8 @@ def powm(
     **options
         Remedy options, e.g. ``degree=100`` for taylor or ``k_max=100`` for clip.
 
-    Returns the caller's dtype (float16/bfloat16 computed in float32).
+    Returns the caller's dtype (float16/bfloat16 computed in float32); under torch.autocast,
+    computed with autocast off and returned in the autocast dtype.
     """
     p = _POWER(p, "p")
     plan = _options.call_plan(method, backward, solver, eps, min_eigenvalue, iterations, compile, options)
