@@ -6,7 +6,11 @@
    Newton-Schulz, "taylor_fused" (the same as taylor now that every backward runs the fused
    stage, svdlib.fused; kept so older result files compare), and taylor with the layer's
    default condition-number tracking.
-2. One CIFAR training step (SGD, cross entropy, batch 128 of 3x32x32) of a ResNet-50
+2. The same layers in eval mode (issue 16), forward only under torch.no_grad, against
+   BatchNorm2d in eval mode: the whitening matrix is a buffer, so this is one batched product
+   with the folded weight diag(gamma) S (group size d, and 16) plus the input checks. On CPU
+   (without --quick) also at batch 32 of 64x16x16, where arithmetic outweighs per-call Python.
+3. One CIFAR training step (SGD, cross entropy, batch 128 of 3x32x32) of a ResNet-50
    (svdlib.experiments.models.ResNet, bottleneck [3, 4, 6, 3], CIFAR stem) whose stem BN is
    the ZCA layer (the ECCV 2022 setting; layer defaults, so the condition number is tracked,
    and once more without tracking), against the same network with BatchNorm2d. With
@@ -73,7 +77,6 @@ STEP_VARIANTS = {
 
 def time_layers(device, shape, timer_opts) -> dict:
     """Forward+backward (training mode) of each layer variant and of BatchNorm2d."""
-    B, d, H, W = shape
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g).to(device)
     grad_y = torch.randn(shape, generator=g).to(device)
@@ -88,16 +91,50 @@ def time_layers(device, shape, timer_opts) -> dict:
             return torch.autograd.grad(layer(xr), [xr, *params], grad_y)
         return run
 
-    t("batchnorm2d", fwd_bwd(nn.BatchNorm2d(d)))
-    for name, make in LAYER_VARIANTS.items():
-        t(f"dbn_{name}", fwd_bwd(make(d)))
+    return _against_batchnorm(t, shape, LAYER_VARIANTS, fwd_bwd)
+
+
+def _against_batchnorm(t, shape, variants, runner) -> dict:
+    """Time ``runner(layer)`` for BatchNorm2d and every variant; ratios to BatchNorm2d."""
+    d = shape[1]
+    t("batchnorm2d", runner(nn.BatchNorm2d(d)))
+    for name, make in variants.items():
+        t(f"dbn_{name}", runner(make(d)))
     bn = t.median("batchnorm2d")
     return {
         "shape": list(shape),
-        "ratios": {name: ratio(t.median(f"dbn_{name}"), bn) for name in LAYER_VARIANTS},
+        "ratios": {name: ratio(t.median(f"dbn_{name}"), bn) for name in variants},
         "times_ms": {k: v["median_ms"] for k, v in t.results.items()},
         "timing_detail": t.results,
     }
+
+
+EVAL_VARIANTS = {
+    "one_group": lambda d: svdlib.nn.DecorrelatedBatchNorm2d(d, track_condition_number=False),
+    "groups_of_16": lambda d: svdlib.nn.DecorrelatedBatchNorm2d(d, group_size=min(16, d),
+                                                                track_condition_number=False),
+}
+
+
+def time_eval(device, shape, timer_opts) -> dict:
+    """Eval-mode forward (no autograd) of the decorrelated BN variants and of BatchNorm2d,
+    after one training batch so the running statistics are not the identity."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(shape, generator=g).to(device)
+    t = Timer(device, **timer_opts)
+
+    def forward(layer):
+        layer = layer.to(device).train()
+        with torch.no_grad():
+            layer(x)
+        layer.eval()
+
+        def run():
+            with torch.no_grad():
+                return layer(x)
+        return run
+
+    return _against_batchnorm(t, shape, EVAL_VARIANTS, forward)
 
 
 def _resnet(kind, quick, make_layer=None):
@@ -211,6 +248,15 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     layers = time_layers(device, layer_shape, timer_opts)
     print(f"timed layers {layer_shape} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    # eval forward is cheap: on CPU without --quick also at a size where the arithmetic, not
+    # the per-call Python checks, dominates
+    eval_shapes = [layer_shape] + ([(32, 64, 16, 16)] if quick and not args.quick else [])
+    evaluations = []
+    for shape in eval_shapes:
+        t0 = time.perf_counter()
+        evaluations.append(time_eval(device, shape, timer_opts))
+        print(f"timed eval forward {shape} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    evaluation = evaluations[-1]
     if args.skip_step:
         step = {"skipped": "--skip-step"}
     else:
@@ -221,6 +267,7 @@ def main(argv=None) -> int:
         print(f"training step: SKIPPED ({step['skipped']})", flush=True)
 
     ratios = {"dbn_fwd_bwd_vs_batchnorm": layers["ratios"],
+              "dbn_eval_fwd_vs_batchnorm": evaluation["ratios"],
               "resnet_step_vs_batchnorm": step.get("ratios")}
     target_check = {"evaluated": device.type == "cuda" and not quick}
     if target_check["evaluated"]:
@@ -239,6 +286,8 @@ def main(argv=None) -> int:
         "targets": {k: f"{op} {b}" for k, (op, b) in TARGETS.items()},
         "target_check": target_check,
         "layer": layers,
+        "eval": evaluation,
+        "eval_all_shapes": evaluations,
         "training_step": step,
         "settings": {"quick": quick, "layer_shape": list(layer_shape), "batch": batch, **timer_opts},
     }
@@ -248,10 +297,13 @@ def main(argv=None) -> int:
 
     rows = [{"benchmark": f"layer fwd+bwd {tuple(layer_shape)}", "baseline ms": layers["times_ms"]["batchnorm2d"],
              **layers["ratios"]}]
+    for ev in evaluations:
+        rows.append({"benchmark": f"layer eval fwd {tuple(ev['shape'])}",
+                     "baseline ms": ev["times_ms"]["batchnorm2d"], **ev["ratios"]})
     if "ratios" in step:
         rows.append({"benchmark": f"train step, batch {batch}", "baseline ms": step["times_ms"]["batchnorm2d"],
                      **step["ratios"]})
-    columns = ["benchmark", "baseline ms", *dict.fromkeys([*LAYER_VARIANTS, *STEP_VARIANTS])]
+    columns = ["benchmark", "baseline ms", *dict.fromkeys([*LAYER_VARIANTS, *EVAL_VARIANTS, *STEP_VARIANTS])]
     print("\nratios to BatchNorm2d (< 1 is faster)")
     print(format_table(rows, columns))
     return 0

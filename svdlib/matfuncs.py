@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _options, fused, solvers
+from . import _options, fused, higher_order, solvers
+from ._autocast import outside_autocast
 from ._validation import is_traced, real, rounding_rtol
 from .eigen import decompose, floor_eigenvalues, prepare
 from .newton_schulz import newton_schulz_iterate
@@ -85,8 +86,10 @@ def _power_forward(A, p, solver, min_eigenvalue, expect="A"):
     return _compose(lam, U, p), lam, lam_k, U
 
 
-class _Power(torch.autograd.Function):
-    """Q = U diag(max(lam, floor)^p) U^T; backward by :func:`svdlib.fused.spectral_stage`."""
+class _PowerNoJvp(torch.autograd.Function):
+    """Q = U diag(max(lam, floor)^p) U^T; backward by :func:`svdlib.fused.spectral_stage`, or,
+    when the backward is itself differentiated, :func:`svdlib.higher_order.spectral_twice`.
+    No forward-mode rule: torch.compile traces this class; :class:`_Power` adds it."""
 
     generate_vmap_rule = True
 
@@ -96,19 +99,33 @@ class _Power(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, p, _, _, spec, compile, *_ = inputs
+        A, p, _, _, spec, compile, *_ = inputs
         _, lam, lam_k, U = output
         ctx.mark_non_differentiable(lam, lam_k, U)
-        ctx.save_for_backward(lam, lam_k, U)
+        ctx.save_for_backward(A, lam, lam_k, U)
+        if higher_order.forward_mode_possible():
+            ctx.save_for_forward(A, lam, lam_k, U)
         ctx.p, ctx.spec, ctx.compile = p, spec, compile
 
     @staticmethod
     def backward(ctx, grad_Q, *_):
-        lam, lam_k, U = ctx.saved_tensors
-        grad_A = fused.spectral_stage(lam, lam_k, U, grad_Q, ctx.p, ctx.spec, ctx.compile)
+        A, lam, lam_k, U = ctx.saved_tensors
+        if higher_order.differentiates_again():
+            grad_A = higher_order.spectral_twice(A, lam, lam_k, U, grad_Q, ctx.p, ctx.spec)
+        else:
+            grad_A = fused.spectral_stage(lam, lam_k, U, grad_Q, ctx.p, ctx.spec, ctx.compile)
         return grad_A, None, None, None, None, None, None
 
 
+class _Power(_PowerNoJvp):
+    @staticmethod
+    def jvp(ctx, dA, *_):
+        # the backward map is self-adjoint: the tangent of Q is the same map applied to dA
+        A, lam, lam_k, U = ctx.saved_tensors
+        return higher_order.spectral_jvp(A, lam, lam_k, U, dA, ctx.p, ctx.spec), None, None, None
+
+
+@outside_autocast
 def powm(
     A: torch.Tensor,
     p: float,
@@ -162,7 +179,8 @@ def powm(
     **options
         Remedy options, e.g. ``degree=100`` for taylor or ``k_max=100`` for clip.
 
-    Returns the caller's dtype (float16/bfloat16 computed in float32).
+    Returns the caller's dtype (float16/bfloat16 computed in float32); under torch.autocast,
+    computed with autocast off and returned in the autocast dtype.
     """
     p = _POWER(p, "p")
     plan = _options.call_plan(method, backward, solver, eps, min_eigenvalue, iterations, compile, options)
@@ -190,8 +208,9 @@ def powm(
         floor = default_floor(lam, p) if min_eigenvalue is None else min_eigenvalue
         Q = _compose(floor_eigenvalues(lam, floor), U, p)
         return (zero_without_scale(Q, lam) if unscaled_is_zero else Q).to(out_dtype)
-    if is_traced(Ac) or (Ac.requires_grad and torch.is_grad_enabled()):
-        Q, _, lam_k, _ = _Power.apply(Ac, p, name, min_eigenvalue, spec, plan.compile, expect)
+    if higher_order.records_derivatives(Ac):
+        function = _PowerNoJvp if torch.compiler.is_compiling() else _Power
+        Q, _, lam_k, _ = function.apply(Ac, p, name, min_eigenvalue, spec, plan.compile, expect)
     else:
         Q, _, lam_k, _ = _power_forward(Ac, p, name, min_eigenvalue, expect)
     return (zero_without_scale(Q, lam_k) if unscaled_is_zero else Q).to(out_dtype)

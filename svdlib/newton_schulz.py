@@ -62,9 +62,10 @@ def _check(A, trace, outputs, name: str, zero_allowed: bool):
             else f"has trace {float(trace.reshape(-1)[index]):.4g} <= 0, so it is not positive semi-definite"
         raise ValueError(f"newton_schulz: {where} {what}; the iteration divides by the trace and needs a "
                          "positive semi-definite matrix with a positive trace (add eps > 0, or use method='eigh')")
-    raise ValueError(f"newton_schulz: the iteration diverged on {where} (non-finite result): the spectrum "
-                     "of A / tr(A) is not in (0, 1], so A is not positive semi-definite; use method='eigh', "
-                     "which checks the eigenvalues")
+    raise ValueError(f"newton_schulz: the iteration diverged on {where} (non-finite result after the given "
+                     "iterations): the spectrum of A / tr(A) is not in [0, 1], so A is not positive "
+                     "semi-definite (a negative eigenvalue grows by 9/4 per step, a rounding-level one too: "
+                     "use fewer iterations, eps > 0, or method='eigh', which checks the eigenvalues)")
 
 
 def newton_schulz_iterate(A: torch.Tensor, iterations: int, p: float, name: str = "A") -> torch.Tensor:

@@ -72,6 +72,9 @@ def test_bench_layers_quick(repo_root, tmp_path):
     layer = data["ratios"]["dbn_fwd_bwd_vs_batchnorm"]
     for name in ("taylor", "divided_difference", "newton_schulz", "taylor_fused"):
         assert _positive(layer[name])
+    for name in ("one_group", "groups_of_16"):
+        assert _positive(data["ratios"]["dbn_eval_fwd_vs_batchnorm"][name])
+        assert _positive(data["eval"]["times_ms"][f"dbn_{name}"])
     step = data["training_step"]
     if "skipped" not in step:
         assert _positive(data["ratios"]["resnet_step_vs_batchnorm"]["taylor"])

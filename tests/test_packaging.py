@@ -72,6 +72,7 @@ def test_pyproject_declares_ranges_not_pins():
                       "scikit-learn", "pandas", "scipy"},
         "test": {"pytest", "nbval", "nbstripout", "pytest-timeout", "hypothesis"},
         "cuda": {"nvmath-python"},
+        "deploy": {"onnx", "onnxscript", "onnxruntime"},
     }
     for extra, names in wanted.items():
         assert names <= set(_requirements(extras[extra])), f"extra {extra!r} lacks {names - set(_requirements(extras[extra]))}"
@@ -177,7 +178,7 @@ def test_import_is_offline_and_leaves_optional_dependencies_alone():
         import svdlib, svdlib.experiments.notebook
         svdlib.sqrtm, svdlib.covariance, svdlib.BACKWARDS
         heavy = ["torchvision", "sklearn", "matplotlib", "seaborn", "pandas", "papermill",
-                 "nbformat", "jupyter_client", "nvmath"]
+                 "nbformat", "jupyter_client", "nvmath", "onnx", "onnxscript", "onnxruntime"]
         print(sorted(m for m in heavy if m in sys.modules))
         """
     )

@@ -17,6 +17,8 @@ from svdlib.remedies import DEFAULT_MATFUNC_BACKWARD
 
 from svdlib._validation import is_traced
 
+from .._autocast import autocast_dtype, autocast_off, compute_dtype_under_autocast
+from ._capture import exporting, onnx_exporting
 from ._checks import (
     check_backward,
     check_covariance_finite,
@@ -26,16 +28,26 @@ from ._checks import (
     check_positive_int,
 )
 
-__all__ = ["CovariancePooling", "vectorize_symmetric"]
+__all__ = ["CovariancePooling", "vectorize_symmetric", "triu_flat_index"]
 
 _VECTORIZE = ("triu", "full")
 
 
-def vectorize_symmetric(Q: torch.Tensor, mode: str = "triu") -> torch.Tensor:
+def triu_flat_index(d: int, device=None) -> torch.Tensor:
+    """Positions i*d + j (i <= j, row by row: the order of ``torch.triu_indices``) of the upper
+    triangle in a flattened d x d matrix."""
+    rows, cols = torch.triu_indices(d, d, device=device)
+    return rows * d + cols
+
+
+def vectorize_symmetric(Q: torch.Tensor, mode: str = "triu", index: torch.Tensor | None = None) -> torch.Tensor:
     """Flatten a batch of symmetric (..., d, d) matrices.
 
     ``"triu"`` keeps the d(d+1)/2 entries on and above the diagonal, row by row (the order of
     ``torch.triu_indices``), as the ICCV 2021 GCP code does; ``"full"`` keeps all d*d entries.
+    ``index`` is :func:`triu_flat_index` computed beforehand (a layer keeps it as a buffer, so
+    exported graphs gather with a constant instead of calling ``triu_indices``, which ONNX
+    lacks).
     """
     if mode not in _VECTORIZE:
         raise ValueError(f"vectorize must be one of {_VECTORIZE}, got {mode!r}")
@@ -43,8 +55,7 @@ def vectorize_symmetric(Q: torch.Tensor, mode: str = "triu") -> torch.Tensor:
     flat = Q.reshape(*Q.shape[:-2], d * d)
     if mode == "full":
         return flat
-    rows, cols = torch.triu_indices(d, d, device=Q.device)
-    return flat[..., rows * d + cols]
+    return flat[..., triu_flat_index(d, Q.device) if index is None else index]
 
 
 class CovariancePooling(nn.Module):
@@ -87,10 +98,14 @@ class CovariancePooling(nn.Module):
     covariance_dtype : torch.dtype or None, default None
         Real floating dtype in which the covariance *and* its square root are formed: the
         reduced features are cast to it after the 1x1 reduction, autocast is switched off for
-        the covariance and the square root, and the output is cast back to the input's dtype.
+        the covariance and the square root, and the output is cast back to the input's dtype
+        (to the autocast dtype under ``torch.autocast``).
         ``torch.float64`` reproduces the ICCV 2021 code, which casts the reduced features to
         double before forming the covariance (``compute_dtype`` alone only widens the square
-        root, not the covariance it is given). None (default): everything in the features' dtype.
+        root, not the covariance it is given). None (default): everything in the features'
+        dtype, except under ``torch.autocast``, where the covariance and its root are formed in
+        float32 with autocast off (the reduction stays under autocast) and the output has the
+        autocast dtype.
     **options
         Passed to :func:`svdlib.sqrtm` (e.g. ``iterations=5``, ``degree=100``,
         ``compute_dtype=torch.float64``: the ICCV 2021 code eigendecomposes in float64).
@@ -103,6 +118,17 @@ class CovariancePooling(nn.Module):
         d, the size of the covariance matrices.
     reduce : torch.nn.Sequential or None
         The 1x1 conv + BN + ReLU reduction.
+    triu_index : torch.Tensor or None
+        :func:`triu_flat_index` of d (for ``vectorize="triu"``), a buffer not saved in the
+        state dict.
+
+    Notes
+    -----
+    Deployment: ``torch.export`` and ``torch.compile(fullgraph=True)`` capture both methods.
+    ONNX has no eigendecomposition, so ``torch.onnx.export`` of ``method="eigh"`` raises; export
+    with ``method="newton_schulz"`` (:func:`svdlib.nn.onnx_ready` switches a trained model's
+    layers over with 15 iterations, README "Deploying a trained model" gives the measured
+    accuracy). ``last_condition_number`` is not updated while the layer is exported.
 
     Examples
     --------
@@ -153,6 +179,9 @@ class CovariancePooling(nn.Module):
         d = self.dim
         self.output_dim = d * (d + 1) // 2 if vectorize == "triu" else d * d
         self.last_condition_number: torch.Tensor | None = None
+        # a function of d alone: not saved in the state dict
+        index = triu_flat_index(d) if vectorize == "triu" else None
+        self.register_buffer("triu_index", index, persistent=False)
 
     def extra_repr(self) -> str:
         s = (f"in_channels={self.in_channels}, dim={self.dim}, method={self.method!r}, "
@@ -218,16 +247,18 @@ class CovariancePooling(nn.Module):
                     buf.copy_(value)
             raise
 
-    def _wide(self, z: torch.Tensor):
-        """No autocast while ``covariance_dtype`` is in force (it would narrow the matmuls)."""
-        if self.covariance_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=z.device.type, enabled=False)
-
-    def _covariance_of(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        B, d, H, W = z.shape
+    def _wide_dtype(self, z: torch.Tensor) -> torch.dtype | None:
+        """The dtype the covariance and its root are formed in, when not ``z``'s own."""
         if self.covariance_dtype is not None:
-            z = z.to(self.covariance_dtype)
+            return self.covariance_dtype
+        if autocast_dtype(z) is not None:
+            return compute_dtype_under_autocast(z)
+        return None
+
+    def _covariance_of(self, z: torch.Tensor, x: torch.Tensor, wide: torch.dtype | None) -> torch.Tensor:
+        B, d, H, W = z.shape
+        if wide is not None:
+            z = z.to(wide)
         P = svdlib.covariance(z.reshape(B, d, H * W), check_finite=False)
         name = "input" if self.reduce is None else "the reduced input"
         check_covariance_finite(P, z if self.reduce is not None else x, name, "CovariancePooling",
@@ -236,21 +267,32 @@ class CovariancePooling(nn.Module):
 
     def covariance(self, x: torch.Tensor) -> torch.Tensor:
         """The (B, d, d) covariance of the (reduced) features over the H*W positions, in
-        ``covariance_dtype`` when that is set."""
+        ``covariance_dtype`` when that is set (float32 under autocast)."""
         with self._statistics_kept_on_error():
             z = self._reduced(x)
-            with self._wide(z):
-                return self._covariance_of(z, x)
+            wide = self._wide_dtype(z)
+            with autocast_off(z, wide is not None):
+                return self._covariance_of(z, x, wide)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pool ``x`` (B, C, H, W) into (B, output_dim), in ``x``'s dtype."""
+        """Pool ``x`` (B, C, H, W) into (B, output_dim), in ``x``'s dtype (the autocast dtype
+        under ``torch.autocast``)."""
+        if self.method == "eigh" and onnx_exporting():
+            raise RuntimeError(
+                "CovariancePooling(method='eigh') cannot be exported to ONNX: ONNX has no "
+                "eigendecomposition operator. Export with method='newton_schulz' (only matrix "
+                "products): svdlib.nn.onnx_ready(model) returns a copy whose covariance pooling "
+                "uses 15 Newton-Schulz iterations (accuracy: README, 'Deploying a trained model')"
+            )
         with self._statistics_kept_on_error():
             z = self._reduced(x)
-            with self._wide(z):
-                P = self._covariance_of(z, x)
-                if self.track_condition_number:
+            wide = self._wide_dtype(z)
+            with autocast_off(z, wide is not None):
+                P = self._covariance_of(z, x, wide)
+                if self.track_condition_number and not exporting():
                     with torch.no_grad():
                         self.last_condition_number = svdlib.condition_number(P.detach())
                 Q = svdlib.sqrtm(P, method=self.method, backward=self.backward, **self.options)
-                y = vectorize_symmetric(Q, self.vectorize)
-        return y if self.covariance_dtype is None else y.to(x.dtype)
+                y = vectorize_symmetric(Q, self.vectorize, self.triu_index)
+        out_dtype = autocast_dtype(x) or (x.dtype if wide is not None else y.dtype)
+        return y.to(out_dtype)

@@ -12,6 +12,8 @@ import svdlib
 from svdlib._options import check_matrix_function_options
 from svdlib.remedies import DEFAULT_MATFUNC_BACKWARD
 
+from .._autocast import autocast_dtype, autocast_off, compute_dtype_under_autocast
+from ._capture import capturing, exporting, onnx_exporting
 from ._checks import (
     check_backward,
     check_covariance_finite,
@@ -27,8 +29,14 @@ __all__ = ["DecorrelatedBatchNorm2d"]
 
 _RUNNING = ("covariance", "whitening_matrix")
 _LAYER = "DecorrelatedBatchNorm2d"
+_EVAL_PREFIX = "eval_whitening"
 # compute_dtype only widens the eigendecomposition; the covariance is formed in the input's dtype
 _WIDER = "run the layer in float64 (module.double() and a float64 input)"
+
+
+def _refresh_after_load(module: "DecorrelatedBatchNorm2d", incompatible_keys) -> None:
+    """load_state_dict post-hook: loading copies new running statistics in place."""
+    module._statistics_changed()
 
 
 def _block_layout(num_features: int, group_size: int) -> list[tuple[int, int, int]]:
@@ -82,9 +90,9 @@ class DecorrelatedBatchNorm2d(nn.Module):
     running : {"covariance", "whitening_matrix"}, default "covariance"
         What the running average keeps. "covariance" (TPAMI Alg. 2, following Huang et al.
         2020: covariance sequences are less noisy than whitening-matrix sequences) computes the
-        eval whitening matrix (Sigma_run + eps I)^{-1/2} from the running covariance, cached
-        until the statistics change; "whitening_matrix" (ECCV code) averages the batch
-        whitening matrices themselves.
+        eval whitening matrix (Sigma_run + eps I)^{-1/2} from the running covariance and keeps
+        it in the buffer ``eval_whitening`` (see "Eval mode" below); "whitening_matrix" (ECCV
+        code) averages the batch whitening matrices themselves.
     method : {"eigh", "newton_schulz"}, default "eigh"
         How the inverse square root is computed (see :func:`svdlib.inv_sqrtm`).
     backward : str, default "taylor"
@@ -116,13 +124,37 @@ class DecorrelatedBatchNorm2d(nn.Module):
         (G, g, g) running covariances of the full groups and (1, r, r) of the smaller last
         group (only when it exists); with ``running="whitening_matrix"`` the buffers are
         ``running_whitening`` and ``running_whitening_tail`` instead.
+    eval_whitening, eval_whitening_tail : torch.Tensor
+        Only with ``running="covariance"``: (Sigma_run + eps I)^{-1/2} of the running
+        covariances, (G, g, g) and (1, r, r), the matrices eval mode applies. Not saved in the
+        state dict (they are a function of it).
     num_batches_tracked : torch.Tensor
         Number of training batches seen.
     last_condition_number : torch.Tensor or None
-        Condition numbers of the last training batch's group covariances (see above).
+        Condition numbers of the last training batch's group covariances (see above); not
+        updated while the layer is exported (torch.export, ONNX).
 
     Notes
     -----
+    Eval mode is one fixed linear map per group, y = diag(gamma) S (x - mu_run) + beta with
+    S = (Sigma_run + eps I)^{-1/2}, computed as one batched matrix product whose weight and
+    bias are formed from the buffers ``eval_whitening``, ``running_mean`` and the affine
+    parameters. No eigendecomposition runs in an eval forward, so ``torch.export``,
+    ``torch.compile`` and the ONNX exporters record a product with those buffers as inputs.
+    S is recomputed whenever the running statistics change: on the switch to eval mode after
+    training steps (``train(False)``/``eval()``), after ``load_state_dict``,
+    ``reset_running_stats``, ``.to()``/``.double()``/``.cuda()`` (from the converted
+    statistics, not by converting S), and, in an eager eval forward, after any other in-place
+    change of the running buffers. A traced eval forward raises instead of recording a stale
+    S when the layer knows it is out of date (``training`` set to False by hand after
+    training steps, or running statistics that are not finite); an in-place edit of the
+    running buffers behind the layer's back is seen only by the next eager call or
+    ``eval()``. Training mode exports and compiles too, but ONNX has no eigendecomposition:
+    export for ONNX in eval mode.
+
+    Under ``torch.autocast`` the layer computes in float32 with autocast off (the inverse
+    square root in ``compute_dtype`` when given) and returns the autocast dtype.
+
     Distributed training: with ``sync`` on, each rank reduces (count, sum, sum of outer
     products) in float64 with a differentiable all-reduce, so all ranks whiten with the
     statistics of the global batch and input gradients equal those of a single process on the
@@ -185,7 +217,9 @@ class DecorrelatedBatchNorm2d(nn.Module):
         check_matrix_function_options(self.method, self.backward, self.remedy_options, extra={"eps": self.eps})
         self._layout = _block_layout(num_features, group_size)
         self.last_condition_number: torch.Tensor | None = None
-        self._eval_cache: tuple | None = None
+        # identity of the statistics eval_whitening was computed from (see _signature)
+        self._eval_signature: tuple | None = None
+        self._eval_stale = True
 
         factory = {"device": device, "dtype": dtype}
         if self.affine:
@@ -201,11 +235,23 @@ class DecorrelatedBatchNorm2d(nn.Module):
         self.register_buffer(
             "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
         )
+        if self.running == "covariance":
+            for name, (_, n, g) in zip(self._eval_names(), self._layout):
+                self.register_buffer(name, torch.zeros(n, g, g, **factory), persistent=False)
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+        self._statistics_changed()
 
     # ------------------------------------------------------------------ helpers
     def _running_names(self) -> list[str]:
         base = "running_covariance" if self.running == "covariance" else "running_whitening"
         return [base, base + "_tail"][: len(self._layout)]
+
+    def _eval_names(self) -> list[str]:
+        """Buffers holding the eval whitening matrices: computed from the running
+        covariances, or the running whitening matrices themselves."""
+        if self.running == "whitening_matrix":
+            return self._running_names()
+        return [_EVAL_PREFIX, _EVAL_PREFIX + "_tail"][: len(self._layout)]
 
     @property
     def num_groups(self) -> int:
@@ -220,7 +266,7 @@ class DecorrelatedBatchNorm2d(nn.Module):
                 buf = getattr(self, name)
                 buf.copy_(torch.eye(buf.shape[-1], dtype=buf.dtype, device=buf.device).expand_as(buf))
             self.num_batches_tracked.zero_()
-        self._eval_cache = None
+        self._statistics_changed()
 
     def reset_parameters(self) -> None:
         """Reset running statistics and the affine parameters (gamma = 1, beta = 0)."""
@@ -290,53 +336,140 @@ class DecorrelatedBatchNorm2d(nn.Module):
     @torch.no_grad()
     def _update_running(self, means, covs, whitening) -> None:
         self.num_batches_tracked.add_(1)
-        factor = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
         mean = torch.cat([m.reshape(-1) for m in means])
-        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), self._factor(self.running_mean))
         stats = covs if self.running == "covariance" else whitening
         for name, stat in zip(self._running_names(), stats):
             buf = getattr(self, name)
-            buf.lerp_(stat.detach().to(buf.dtype), factor)
+            buf.lerp_(stat.detach().to(buf.dtype), self._factor(buf))
+        self._eval_stale = True
 
-    def _eval_whitening(self) -> list[torch.Tensor]:
-        """Whitening matrices from the running statistics (cached until they change)."""
-        bufs = [getattr(self, name) for name in self._running_names()]
-        if self.running == "whitening_matrix":
-            return bufs
-        key = (
-            tuple((b.data_ptr(), b._version, b.dtype, b.device) for b in bufs),
-            self.eps, self.method, self.backward, repr(self.remedy_options),
-            torch.is_inference_mode_enabled(),
+    def _factor(self, buf: torch.Tensor):
+        """lerp_ weight: momentum, or 1 / (batches seen) for the cumulative average, as a
+        tensor in ``buf``'s dtype (compiled and exported graphs keep the count a tensor)."""
+        if self.momentum is None:
+            return self.num_batches_tracked.to(buf.dtype).reciprocal()
+        return self.momentum
+
+    # ------------------------------------------------------------- eval whitening
+    def _signature(self) -> tuple:
+        """What eval_whitening depends on: the running buffers (object and in-place version)
+        and the options of the inverse square root."""
+        bufs = tuple(
+            (id(b), None if b.is_inference() else b._version, b.dtype, b.device)
+            for b in (getattr(self, name) for name in self._running_names())
         )
-        if self._eval_cache is None or self._eval_cache[0] != key:
-            with torch.no_grad():
-                mats = [self._inv_sqrtm(b) for b in bufs]
-            self._eval_cache = (key, mats)
-        return self._eval_cache[1]
+        return bufs, self.eps, self.method, self.backward, repr(self.remedy_options)
+
+    def _statistics_changed(self) -> None:
+        """The running statistics were replaced: recompute eval_whitening now if the layer is
+        in eval mode, else on the switch to eval mode (training steps would only redo it)."""
+        self._eval_stale = True
+        if not self.training:
+            self._try_refresh()
+
+    def _try_refresh(self) -> None:
+        """Bring eval_whitening up to date where the statistics change (mode switch,
+        conversion, loading); an error there (statistics the spine refuses, uninitialised
+        memory after ``to_empty``) is left for the next eval forward to report, with the
+        layer's name, instead of breaking ``.to()`` or ``eval()``."""
+        if capturing():
+            return
+        try:
+            self._refresh_eval_whitening()
+        except (ValueError, RuntimeError):
+            self._eval_stale = True
+
+    def _refresh_eval_whitening(self) -> bool:
+        """Recompute eval_whitening = (Sigma_run + eps I)^{-1/2} in place if it is out of date.
+
+        Returns False (and leaves it marked out of date) when it cannot be computed now: meta
+        tensors, or running covariances that are not finite (the next eval forward says so).
+        Never called while a tracer records (it would record the eigendecomposition).
+        """
+        if self.running != "covariance":
+            return True
+        if not self._eval_stale and self._signature() == self._eval_signature:
+            return True
+        bufs = [getattr(self, name) for name in self._running_names()]
+        if any(b.is_meta for b in bufs) or not all(bool(torch.isfinite(b).all()) for b in bufs):
+            self._eval_stale = True
+            return False
+        with torch.no_grad(), autocast_off(bufs[0]):
+            for name, cov in zip(self._eval_names(), bufs):
+                getattr(self, name).copy_(self._inv_sqrtm(cov))
+        self._eval_stale = False
+        self._eval_signature = self._signature()
+        return True
+
+    def _eval_matrices(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The whitening matrices of eval mode, up to date; tracers see buffers."""
+        if capturing():
+            if self.running == "covariance" and self._eval_stale:
+                raise RuntimeError(
+                    f"{_LAYER}: the eval whitening matrix is out of date with the running "
+                    "statistics (they changed after the last switch to eval mode, or they are "
+                    "not finite) and a tracer cannot recompute it. Call model.eval() before "
+                    "torch.export, torch.compile or torch.onnx.export (an eager call in eval "
+                    "mode names any problem with the statistics)"
+                )
+        elif not self._refresh_eval_whitening():
+            bad = [name for name in self._running_names() if not bool(torch.isfinite(getattr(self, name)).all())]
+            raise ValueError(
+                f"{_LAYER}: the running statistics {', '.join(bad)} contain NaN/Inf (a diverged "
+                "training run or a damaged checkpoint?), so eval mode cannot whiten input "
+                f"(shape {tuple(x.shape)}); call reset_running_stats() or load good statistics"
+            )
+        return [getattr(self, name) for name in self._eval_names()]
+
+    def train(self, mode: bool = True):
+        """Switch mode; switching to eval mode brings eval_whitening up to date."""
+        super().train(mode)
+        if not mode:
+            self._try_refresh()
+        return self
+
+    def _apply(self, fn, recurse=True):
+        """.to(), .double(), .cuda(), ...: convert, then recompute eval_whitening from the
+        converted running statistics (converting S itself would keep its old rounding)."""
+        super()._apply(fn, recurse)
+        self._statistics_changed()
+        return self
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Whiten ``x`` of shape (B, C, H, W); returns the same shape and dtype."""
+        """Whiten ``x`` of shape (B, C, H, W); returns the same shape and dtype (the autocast
+        dtype under ``torch.autocast``)."""
         check_feature_map(x, "input", self.num_features, _LAYER)
         if not (self.training and self._use_sync()):     # synced: checked after the collective
             check_finite_input(x, "input", _LAYER)
+        if self.training and onnx_exporting():
+            raise RuntimeError(
+                f"{_LAYER} in training mode cannot be exported to ONNX: its batch statistics "
+                "need an eigendecomposition (or an in-place running-statistics update), which "
+                "ONNX lacks. Call model.eval() before torch.onnx.export: eval mode is one "
+                "linear map from the running statistics"
+            )
+        low = autocast_dtype(x)
+        if low is not None:
+            with autocast_off(x):
+                return self._whiten(x.to(compute_dtype_under_autocast(x))).to(low)
+        return self._whiten(x).to(x.dtype)
+
+    def _whiten(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self._eval_forward(x)
         B, C, H, W = x.shape
         X = x.transpose(0, 1).reshape(C, B * H * W)
         blocks = [X[s:s + n * g].reshape(n, g, -1) for s, n, g in self._layout]
-
-        if self.training:
-            means, covs = self._batch_moments(blocks, x)
-            whitening = [self._inv_sqrtm(c) for c in covs]
-            self._update_running(means, covs, whitening)
-            if self.track_condition_number:
-                with torch.no_grad():
-                    self.last_condition_number = torch.cat(
-                        [svdlib.condition_number(c.detach()).reshape(-1) for c in covs]
-                    )
-        else:
-            means = [self.running_mean[s:s + n * g].reshape(n, g) for s, n, g in self._layout]
-            whitening = self._eval_whitening()
-
+        means, covs = self._batch_moments(blocks, x)
+        whitening = [self._inv_sqrtm(c) for c in covs]
+        self._update_running(means, covs, whitening)
+        if self.track_condition_number and not exporting():
+            with torch.no_grad():
+                self.last_condition_number = torch.cat(
+                    [svdlib.condition_number(c.detach()).reshape(-1) for c in covs]
+                )
         out = [
             (S.to(x.dtype) @ (b - m.to(x.dtype).unsqueeze(-1))).reshape(b.shape[0] * b.shape[1], -1)
             for S, b, m in zip(whitening, blocks, means)
@@ -346,3 +479,26 @@ class DecorrelatedBatchNorm2d(nn.Module):
         if self.affine:
             y = y * self.weight.view(1, C, 1, 1) + self.bias.view(1, C, 1, 1)
         return y.contiguous()
+
+    def _eval_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = diag(gamma) S (x - mu) + beta per group, as one batched product of the folded
+        weight diag(gamma) S (n, g, g) with the input viewed as (B, n, g, H*W) (no transposes;
+        on CPU a grouped 1x1 convolution was 10-30x slower), plus the folded bias
+        beta - diag(gamma) S mu."""
+        B, C, H, W = x.shape
+        pieces = []
+        for (s, n, g), S in zip(self._layout, self._eval_matrices(x)):
+            mean = self.running_mean[s:s + n * g].reshape(n, g, 1).to(S.dtype)
+            weight = S
+            if self.affine:
+                weight = self.weight[s:s + n * g].reshape(n, g, 1).to(S.dtype) * S
+            bias = -(weight @ mean)
+            if self.affine:
+                bias = bias + self.bias[s:s + n * g].reshape(n, g, 1).to(S.dtype)
+            xs = x if len(self._layout) == 1 else x[:, s:s + n * g]
+            # in place: a fresh output for the sum cost 6x the product itself on CPU
+            y = torch.matmul(weight.to(x.dtype), xs.reshape(B, n, g, H * W)).add_(bias.to(x.dtype))
+            pieces.append(y.reshape(B, n * g, H * W))
+        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        return out.reshape(B, C, H, W)
+
