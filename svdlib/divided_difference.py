@@ -46,10 +46,12 @@ def geometric_series(log_ratio: torch.Tensor, terms: int | float | torch.Tensor)
 
 
 def divided_difference_matrix(lam: torch.Tensor, p: float) -> torch.Tensor:
-    """F_ij = (lam_i^p - lam_j^p)/(lam_i - lam_j), F_ii = p lam_i^(p-1), for lam > 0.
+    """F_ij = (lam_i^p - lam_j^p)/(lam_i - lam_j), F_ii = p lam_i^(p-1), for lam > 0 (any real
+    lam when p is a positive integer).
 
     Closed forms stay accurate as lam_i -> lam_j:
     p = 1/2: 1/(sqrt(lam_i) + sqrt(lam_j));  p = -1/2: -1/(s_i s_j (s_i + s_j)), s = sqrt(lam);
+    positive integer p: sum_{k<p} lam_i^k lam_j^(p-1-k) (a polynomial: no division, any sign);
     general p: with M = max, x = min/max, F = M^(p-1) (1 - x^p)/(1 - x), where
     (1 - x^p)/(1 - x) = expm1(p log x)/expm1(log x) and log x = log1p(-(M - min)/M), so no
     difference of nearly equal numbers is ever formed.
@@ -59,9 +61,10 @@ def divided_difference_matrix(lam: torch.Tensor, p: float) -> torch.Tensor:
 
 def divided_difference(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
     """f[a, b] = (a^p - b^p)/(a - b) (f'(a) where a == b) of f = x^p, element-wise with
-    broadcasting, for a, b > 0: the closed forms of :func:`divided_difference_matrix`."""
-    if p == 1:
-        return torch.ones_like(a * b)
+    broadcasting, for a, b > 0 (any real a, b when p is a positive integer): the closed forms of
+    :func:`divided_difference_matrix`."""
+    if float(p).is_integer() and p >= 1:
+        return sum(a.pow(k) * b.pow(int(p) - 1 - k) for k in range(int(p))) + torch.zeros_like(a * b)
     if p == 0.5:
         return 1.0 / (a.sqrt() + b.sqrt())
     if p == -0.5:

@@ -133,6 +133,17 @@ def eigh(
     (orthogonality paper eq. 5-7): the forward is an exact solver, the backward replaces
     K_ij = 1/(lam_i - lam_j) by the remedy ``backward`` (see :data:`svdlib.BACKWARDS`).
 
+    **Any symmetric matrix**, definite or not. ``exact``, ``clip`` and ``truncate`` (which
+    drops the directions with |lam| < cutoff) apply to any spectrum as they are. ``taylor``
+    (the default), ``pade`` and ``power_iteration`` are defined for positive semi-definite
+    spectra (``BACKWARDS[name].psd_only``): on a matrix whose smallest eigenvalue is clearly
+    negative (below -16 n eps max|lam|) they are applied to A - lam_min I, which has the same
+    eigenvectors and the same exact gradient (K does not change under a shift). So ``taylor``
+    and ``pade`` stay as close to the exact gradient as on a positive semi-definite matrix,
+    and ``power_iteration`` gives no gradient to the smallest direction (null in A - lam_min I;
+    its published energy rule drops that direction anyway). Rounding-level negative eigenvalues
+    of a positive semi-definite matrix are left to the remedy's floor, as before.
+
     Parameters
     ----------
     A : Tensor (..., n, n)

@@ -222,3 +222,15 @@ def test_module_entry_point_lists_the_real_suite():
     assert proc.returncode == 0, proc.stderr
     assert "notebooks/00_tour.ipynb" in proc.stdout
     assert "results_dir: str" in proc.stdout
+
+
+@pytest.mark.parametrize("text", ["n: [unclosed\n", "n: !!python/object/apply:os.system ['echo hi']\n", "\t- tab\n"])
+def test_malformed_parameter_file_is_a_one_line_cli_error_naming_it(tmp_path, capsys, text):
+    """Issue 17: `-f bad.yaml` printed a raw yaml traceback."""
+    tiny = _write_notebook(tmp_path / "01_tiny.ipynb", TINY_PARAMETERS, TINY_CELLS)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    assert runner.main([str(tiny), "--results", str(tmp_path / "r"), "-f", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not parse parameter file ") and "bad.yaml" in err
+    assert err.count("\n") == 1 and not (tmp_path / "r").exists()
