@@ -11,7 +11,9 @@
    cuSOLVER XsyevBatched when available; Newton-Schulz square root (5 iterations, autograd)
    forward+backward; svdlib.sqrtm forward+backward and backward alone with each backward
    ("fused": with --compile's choice); the unfolded chain of eq. 5-7 for taylor; the remedy
-   backward alone, eager and with --compile's choice.
+   backward alone, eager and with --compile's choice; forward mode (torch.func.jvp) and a
+   Hessian-vector product (double backward) of sqrtm(divided_difference) against the same
+   through torch.linalg.eigh's own rules.
 3. A table of ratios, printed last, and JSON with ratios, raw medians and the environment:
    benchmarks/results/<device>-<date>.json, or --out.
 
@@ -175,6 +177,17 @@ def check_correctness(device: torch.device, dtypes: list[str], compile_flag="aut
             record(f"{dname} fused.remedy_backward({backward!r}) vs eq. 7 written out",
                    _rel(fused.remedy_backward(lam, U, grad_lam, grad_U, backward, compile=compile_flag), eq7),
                    100 * n * eps)
+        # Second order and forward mode (timed below) against the known eigenpairs: the HVP of
+        # <G, Q o Q> through sqrtm(divided_difference) vs the same through the float64 plain
+        # eigh chain, and the tangent vs the Sylvester identity Q dQ + dQ Q = sym(V).
+        V = 0.5 * (G + G.transpose(-1, -2))
+        hvp = _hvp(lambda X: svdlib.sqrtm(X, backward="divided_difference"), A, G, V)()[0]
+        hvp_ref = _hvp(_plain_sqrtm, A64, G64, V.double().cpu())()[0]
+        record(f"{dname} sqrtm(divided_difference) Hessian-vector product vs plain eigh (float64)",
+               _rel(hvp.double().cpu(), hvp_ref), 1e-9 if dtype == torch.float64 else 1e-3)
+        Qd, dQ = _jvp(lambda X: svdlib.sqrtm(X, backward="divided_difference"), A, V)()
+        record(f"{dname} sqrtm(divided_difference) jvp: Q dQ + dQ Q = dA",
+               _rel((Qd @ dQ + dQ @ Qd).double().cpu(), V.double().cpu()), 100 * n * eps)
         # Information only: how far 5 Newton-Schulz steps are from the exact root and gradient.
         Ar = A.detach().clone().requires_grad_(True)
         root, _ = svdlib.newton_schulz_sqrtm(Ar, 5)
@@ -198,6 +211,26 @@ def _bwd_only(fn, A, G):
     Ar = A.detach().requires_grad_(True)
     out = fn(Ar)
     return lambda: torch.autograd.grad(out, Ar, G, retain_graph=True)
+
+
+def _hvp(fn, A, G, V):
+    """Hessian-vector product of <G, Q o Q>, Q = fn(A), by double backward (create_graph)."""
+    def run():
+        Ar = A.detach().requires_grad_(True)
+        Q = fn(Ar)
+        (grad,) = torch.autograd.grad((Q * Q * G).sum(), Ar, create_graph=True)
+        return torch.autograd.grad(grad, Ar, V)
+    return run
+
+
+def _jvp(fn, A, V):
+    return lambda: torch.func.jvp(fn, (A,), (V,))
+
+
+def _plain_sqrtm(X: torch.Tensor) -> torch.Tensor:
+    """The square root through torch.linalg.eigh and its own autograd (forward and reverse)."""
+    lam, U = torch.linalg.eigh(X)
+    return (U * lam.clamp_min(0).sqrt().unsqueeze(-2)) @ U.transpose(-1, -2)
 
 
 def _chain_sqrtm(X: torch.Tensor, backward: str) -> torch.Tensor:
@@ -240,6 +273,14 @@ def time_case(dname: str, batch: int, n: int, device: torch.device, timer_opts: 
         t(f"sqrtm_{r}_bwd", _bwd_only(ref, A, G))
         t(f"sqrtm_{r}_fused_bwd", _bwd_only(fus, A, G))
     t("sqrtm_taylor_chain_fwd_bwd", _fwd_bwd(lambda X: _chain_sqrtm(X, "taylor"), A, G))
+    # Forward mode and second order (issue 19): divided_difference against torch.linalg.eigh's
+    # own rules, on the same input.
+    V = 0.5 * (G + G.transpose(-1, -2))
+    dd = lambda X: svdlib.sqrtm(X, backward="divided_difference")  # noqa: E731
+    t("sqrtm_divided_difference_jvp", _jvp(dd, A, V))
+    t("plain_eigh_sqrtm_jvp", _jvp(_plain_sqrtm, A, V))
+    t("sqrtm_divided_difference_hvp", _hvp(dd, A, G, V))
+    t("plain_eigh_sqrtm_hvp", _hvp(_plain_sqrtm, A, G, V))
 
     # The remedy backward alone, from saved eigenpairs and incoming gradients.
     lam, U = svdlib.eigh(A)
@@ -278,6 +319,11 @@ def time_case(dname: str, batch: int, n: int, device: torch.device, timer_opts: 
                                                       m("sqrtm_taylor_bwd")),
         "divided_difference_bwd_vs_taylor_bwd_fused": ratio(m("sqrtm_divided_difference_fused_bwd"),
                                                             m("sqrtm_taylor_fused_bwd")),
+        "higher_order": {
+            "jvp_vs_plain_eigh": ratio(m("sqrtm_divided_difference_jvp"), m("plain_eigh_sqrtm_jvp")),
+            "hvp_vs_plain_eigh": ratio(m("sqrtm_divided_difference_hvp"), m("plain_eigh_sqrtm_hvp")),
+            "hvp_vs_fwd_bwd": ratio(m("sqrtm_divided_difference_hvp"), m("sqrtm_divided_difference_fwd_bwd")),
+        },
     }
     return {
         "dtype": dname, "batch": batch, "n": n,
@@ -358,6 +404,7 @@ def ratio_rows(cases: list[dict]) -> list[dict]:
     for c in cases:
         r = c["ratios"]
         s = r["sqrtm_fwd_bwd_vs_newton_schulz"]
+        higher = r.get("higher_order", {})  # absent from results recorded before issue 19
         rows.append({
             "dtype": c["dtype"], "batch x n": f"{c['batch']}x{c['n']}",
             "eigh/torch": r["eigh_fwd_vs_torch"], "eigh/xsyev": r["eigh_fwd_vs_bare_xsyev"],
@@ -367,6 +414,8 @@ def ratio_rows(cases: list[dict]) -> list[dict]:
             "rem ms": r["remedy_bwd_ms"]["taylor"]["eager"],
             "rem+F ms": r["remedy_bwd_ms"]["taylor"]["fused"],
             "dd/taylor bwd": r["divided_difference_bwd_vs_taylor_bwd"],
+            "dd jvp/eigh": higher.get("jvp_vs_plain_eigh"),
+            "dd hvp/eigh": higher.get("hvp_vs_plain_eigh"),
         })
     return rows
 

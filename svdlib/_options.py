@@ -24,10 +24,8 @@ from __future__ import annotations
 import warnings
 from typing import Any, Mapping, NamedTuple
 
-import torch
-
 from . import _registry, solvers
-from ._validation import integer, optional, real
+from ._validation import compute_dtype_option, integer, optional, real
 
 __all__ = [
     "BackwardSpec",
@@ -190,12 +188,6 @@ def iterations_target(method: str, solver: str, backward) -> str | None:
     return None
 
 
-def _compute_dtype(value, name):
-    if value not in (None, torch.float32, torch.float64):
-        raise ValueError(f"{name} must be None, torch.float32 or torch.float64, got {value!r}")
-    return value
-
-
 def _compile_flag(value, name):
     if not (value == "auto" or isinstance(value, bool)):
         raise ValueError(f"{name} must be True, False or 'auto', got {value!r}")
@@ -213,7 +205,7 @@ MATRIX_FUNCTION_KEYWORDS = {
     "eps": real(0.0),
     "min_eigenvalue": optional(real(0.0)),
     "solver": _solver_name,
-    "compute_dtype": _compute_dtype,
+    "compute_dtype": compute_dtype_option,
     "iterations": optional(integer(1)),
     "compile": _compile_flag,
 }

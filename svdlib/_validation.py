@@ -20,8 +20,10 @@ import torch
 
 __all__ = [
     "is_traced",
+    "check_real_tensor",
     "check_square",
     "working_dtype",
+    "compute_dtype_option",
     "check_finite",
     "Check",
     "integer",
@@ -32,7 +34,10 @@ __all__ = [
     "any_value",
     "default_check",
     "raise_non_finite",
+    "batch_index",
     "renamed_keywords",
+    "ROUNDING_FACTOR",
+    "rounding_rtol",
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -68,6 +73,35 @@ def raise_non_finite(x: torch.Tensor, name: str) -> None:
     )
 
 
+def batch_index(flat: int, batch_shape: torch.Size) -> str:
+    """'[i, j]' for matrix number ``flat`` of a flattened batch of shape ``batch_shape``, '' for
+    an unbatched matrix: errors name the matrix as the caller indexes it."""
+    if len(batch_shape) == 0:
+        return ""
+    index, rest = [], flat
+    for size in reversed(batch_shape):
+        index.append(rest % size)
+        rest //= size
+    return "[" + ", ".join(str(i) for i in reversed(index)) + "]"
+
+
+def check_real_tensor(x: torch.Tensor, name: str, layout: str) -> None:
+    """Validate a tensor of real floating dtype with at least 2 dimensions.
+
+    ``layout`` names the dimensions the caller expects, e.g. "(..., n, n)" or "(..., d, N)";
+    every message names the argument, the expectation and the received shape and dtype.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"{name} must have at least 2 dimensions {layout}, got shape {tuple(x.shape)}")
+    if x.dtype not in _REAL_FLOATING:
+        raise ValueError(
+            f"{name} must have a real floating dtype (float16/bfloat16/float32/float64), "
+            f"got {x.dtype} with shape {tuple(x.shape)}"
+        )
+
+
 def check_square(A: torch.Tensor, name: str = "A", finite: bool = True) -> None:
     """Validate a batch of real square matrices of shape (..., n, n).
 
@@ -75,34 +109,47 @@ def check_square(A: torch.Tensor, name: str = "A", finite: bool = True) -> None:
     the one check it makes after the solver (a non-finite input gives non-finite eigenvalues
     or a solver error, and only then is the input scanned to name the problem).
     """
-    if not isinstance(A, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
+    check_real_tensor(A, name, "(..., n, n)")
     shape = A.shape
-    if len(shape) < 2:
-        raise ValueError(
-            f"{name} must have at least 2 dimensions (..., n, n), got shape {tuple(shape)}"
-        )
     if shape[-1] != shape[-2]:
         raise ValueError(
             f"{name} must be square in its last two dimensions (..., n, n), got shape {tuple(shape)}"
         )
-    if A.dtype not in _REAL_FLOATING:
-        raise ValueError(
-            f"{name} must have a real floating dtype (float16/bfloat16/float32/float64), "
-            f"got {A.dtype} with shape {tuple(shape)}"
-        )
     if shape[-1] == 0:
-        raise ValueError(f"{name} must have n >= 1, got shape {tuple(shape)}")
+        raise ValueError(f"{name} must have n >= 1 in its last two dimensions (..., n, n), got shape {tuple(shape)}")
     if finite:
         check_finite(A, name)
+
+
+#: Eigenvalues of a positive semi-definite matrix computed in floating point can come out
+#: negative by rounding, up to about n eps max|lam| (backward-stable solvers; the rounding of
+#: forming a covariance adds to it). Measured on float32/float64 covariances of d = 2..256
+#: features from N = 1..2e6 samples (duplicated, nearly duplicated and constant features,
+#: torch's and numpy's LAPACK, a random similarity first): at most 2.1 n eps max|lam|. Below
+#: -ROUNDING_FACTOR n eps max|lam| an eigenvalue is negative beyond rounding (margin 7x).
+ROUNDING_FACTOR = 16
+
+
+def rounding_rtol(n: int, dtype: torch.dtype) -> float:
+    """ROUNDING_FACTOR * n * eps(dtype): relative size of the rounding of an n x n spectrum.
+
+    An eigenvalue below -rounding_rtol * max|lam| is *clearly* negative: the matrix is not
+    positive semi-definite beyond rounding (:data:`ROUNDING_FACTOR`).
+    """
+    return ROUNDING_FACTOR * n * torch.finfo(dtype).eps
+
+
+def compute_dtype_option(value, name: str = "compute_dtype"):
+    """The check of ``compute_dtype``: None, torch.float32 or torch.float64."""
+    if value not in (None, torch.float32, torch.float64):
+        raise ValueError(f"{name} must be None, torch.float32 or torch.float64, got {value!r}")
+    return value
 
 
 def working_dtype(dtype: torch.dtype, compute_dtype: torch.dtype | None) -> torch.dtype:
     """The dtype the eigensolver runs in: ``compute_dtype`` if given, float32 for
     float16/bfloat16 (no half-precision eigensolver exists), else ``dtype``."""
-    if compute_dtype is not None:
-        if compute_dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
+    if compute_dtype_option(compute_dtype) is not None:
         return compute_dtype
     return torch.float32 if dtype in _LOW_PRECISION else dtype
 
@@ -137,8 +184,10 @@ def real(minimum: float | None = None, *, exclusive: bool = False, maximum: floa
     what = f"a {'' if allow_inf else 'finite '}real number {_bound_text(minimum, maximum, exclusive)}".rstrip()
 
     def check(value, name):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+        if math.isnan(value):
+            raise ValueError(f"{name} must be {what}, got {value!r}")
         value = float(value)
         if (not allow_inf and math.isinf(value)) \
                 or (minimum is not None and (value <= minimum if exclusive else value < minimum)) \

@@ -1,9 +1,13 @@
 """Eigensolver failure counter: the "failure times" of the ECCV22 GCP table.
 
 svdlib counts a *failure* each time the forward eigensolver fails on one matrix: the
-solver raised (torch's LinAlgError), reported a non-zero ``info`` (cuSOLVER), or returned
-non-finite eigenvalues (and, with :func:`check_eigenvectors`, eigenvectors). Failed matrices are repaired (see
-:func:`svdlib.solvers.solve`), so training goes on; the counter lets training code log them.
+solver raised (torch's LinAlgError, or any exception from a registered solver), reported a
+non-zero ``info`` (cuSOLVER), or returned non-finite eigenvalues (and, with
+:func:`check_eigenvectors`, eigenpairs that are not an eigendecomposition up to rounding).
+Failed matrices are repaired (see :func:`svdlib.solvers.solve`), so training goes on; the
+counter lets training code log them. Two cases also warn (RuntimeWarning), since the result is
+not what the solver should have given: a solver that raised, and a matrix on which every
+repair failed (its diagonal and the identity are returned; the warning names the matrix).
 
 Example
 -------
@@ -26,11 +30,15 @@ _check_eigenvectors = False
 
 
 def check_eigenvectors(enabled: bool | None = None) -> bool:
-    """Whether the solver's failure check also scans the eigenvectors; set it with ``enabled``.
+    """Whether the solver's failure check also verifies the eigenpairs; set it with ``enabled``.
 
     Off by default: a solver that fails returns non-finite eigenvalues or an error code, and
-    scanning U costs a pass over n^2 entries per matrix on every call. Turn it on to catch a
-    solver that returns finite eigenvalues with non-finite eigenvectors. Returns the setting.
+    the verification costs two batched products per call (U^T U and A U; no extra host
+    synchronisation: it is folded into the one check). Turn it on to catch a solver that
+    returns non-finite eigenvectors, or reports success with eigenpairs that are not an
+    eigendecomposition (not orthonormal, or A U != U diag(lam) beyond rounding; see
+    :func:`svdlib.solvers.untrusted`): those matrices are repaired and counted like any
+    failure. Returns the setting.
     """
     global _check_eigenvectors
     if enabled is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _options, fused, solvers
+from . import _options, fused, higher_order, solvers
 from ._autocast import outside_autocast
 from ._validation import check_square, is_traced, working_dtype
 from .remedies import DEFAULT_BACKWARD
@@ -54,7 +54,12 @@ def floor_eigenvalues(lam: torch.Tensor, floor: float | torch.Tensor | None) -> 
     return lam + (clamped - lam).detach()
 
 
-class _Eigh(torch.autograd.Function):
+class _EighNoJvp(torch.autograd.Function):
+    """(lam, U) = eigh(A), backward by the stage (:func:`svdlib.fused.eigen_backward`); when the
+    backward is itself differentiated, by :func:`svdlib.higher_order.eigen_backward_twice`.
+    This class has no forward-mode rule: it is the one torch.compile traces (Dynamo refuses a
+    custom ``jvp``); :class:`_Eigh` adds it."""
+
     generate_vmap_rule = True
 
     @staticmethod
@@ -63,14 +68,27 @@ class _Eigh(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, _, spec, compile, _ = inputs
-        ctx.save_for_backward(*output)
+        A, _, spec, compile, _ = inputs
+        ctx.save_for_backward(A, *output)
+        if higher_order.forward_mode_possible():
+            ctx.save_for_forward(A, *output)
         ctx.spec, ctx.compile = spec, compile
 
     @staticmethod
     def backward(ctx, grad_lam, grad_U):
-        lam, U = ctx.saved_tensors
-        return fused.eigen_backward(lam, U, grad_lam, grad_U, ctx.spec, ctx.compile), None, None, None, None
+        A, lam, U = ctx.saved_tensors
+        if higher_order.differentiates_again():
+            grad_A = higher_order.eigen_backward_twice(A, lam, U, grad_lam, grad_U, ctx.spec)
+        else:
+            grad_A = fused.eigen_backward(lam, U, grad_lam, grad_U, ctx.spec, ctx.compile)
+        return grad_A, None, None, None, None
+
+
+class _Eigh(_EighNoJvp):
+    @staticmethod
+    def jvp(ctx, dA, *_):
+        A, lam, U = ctx.saved_tensors
+        return higher_order.eigen_jvp(A, lam, U, dA, ctx.spec)
 
 
 def decompose(A: torch.Tensor, solver: str, spec, *, iterations: int | None = None,
@@ -88,9 +106,9 @@ def decompose(A: torch.Tensor, solver: str, spec, *, iterations: int | None = No
         record = solvers.SOLVERS[solver]
         lam, U, _ = record(A) if iterations is None else record(A, iterations=iterations)
         return lam, U
-    traced = is_traced(A)
-    if traced or (A.requires_grad and torch.is_grad_enabled()):
-        return _Eigh.apply(A, solver, spec, compile, name)
+    if higher_order.records_derivatives(A):
+        function = _EighNoJvp if torch.compiler.is_compiling() else _Eigh
+        return function.apply(A, solver, spec, compile, name)
     return solvers.solve(A, solver, name=name)
 
 
@@ -114,6 +132,17 @@ def eigh(
 
     (orthogonality paper eq. 5-7): the forward is an exact solver, the backward replaces
     K_ij = 1/(lam_i - lam_j) by the remedy ``backward`` (see :data:`svdlib.BACKWARDS`).
+
+    **Any symmetric matrix**, definite or not. ``exact``, ``clip`` and ``truncate`` (which
+    drops the directions with |lam| < cutoff) apply to any spectrum as they are. ``taylor``
+    (the default), ``pade`` and ``power_iteration`` are defined for positive semi-definite
+    spectra (``BACKWARDS[name].psd_only``): on a matrix whose smallest eigenvalue is clearly
+    negative (below -16 n eps max|lam|) they are applied to A - lam_min I, which has the same
+    eigenvectors and the same exact gradient (K does not change under a shift). So ``taylor``
+    and ``pade`` stay as close to the exact gradient as on a positive semi-definite matrix,
+    and ``power_iteration`` gives no gradient to the smallest direction (null in A - lam_min I;
+    its published energy rule drops that direction anyway). Rounding-level negative eigenvalues
+    of a positive semi-definite matrix are left to the remedy's floor, as before.
 
     Parameters
     ----------

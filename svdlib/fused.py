@@ -48,10 +48,11 @@ import torch
 
 from . import _options, _registry
 from ._registry import DEFAULT_BACKWARD
-from ._validation import is_traced
+from ._validation import is_traced, rounding_rtol
 
 __all__ = [
     "eigen_backward",
+    "remedy_spectrum",
     "spectral_stage",
     "apply_spectral_weights",
     "k_matrix",
@@ -66,7 +67,26 @@ __all__ = [
 # Pure tensor functions (no data-dependent Python branches), so torch.compile captures each
 # as one graph: cuBLAS products plus one generated element-wise kernel. Each kernel reads K~
 # at (i, j) only, which lets the compiler compute it in registers instead of materialising it.
+def remedy_spectrum(lam: torch.Tensor, remedy) -> torch.Tensor:
+    """The eigenvalues a remedy's callables see: ``lam``, or for a ``psd_only`` remedy, lam
+    shifted up by -lam_min on each matrix whose lam_min is clearly negative (below
+    -rounding_rtol max|lam|, :func:`svdlib._validation.rounding_rtol`).
+
+    The shifted spectrum is that of A - lam_min I: A's eigenvectors and A's exact
+    K_ij = 1/(lam_i - lam_j) (differences do not change under a shift), but no negative
+    eigenvalue for the remedy's floor, ratios or power iterations to get wrong. Rounding-level
+    negatives of a positive semi-definite matrix are left as they are (the remedy's floor
+    handles them), so nothing changes on such input. The one place this rule is applied.
+    """
+    if not remedy.psd_only:
+        return lam
+    lowest = lam.amin(-1, keepdim=True)
+    clearly_negative = lowest < -rounding_rtol(lam.shape[-1], lam.dtype) * lam.abs().amax(-1, keepdim=True)
+    return lam - torch.where(clearly_negative, lowest, torch.zeros_like(lowest))
+
+
 def _masked_k(lam, spec):
+    lam = remedy_spectrum(lam, spec.remedy)
     K = spec.remedy.k_matrix(lam, **spec.kwargs("k_matrix"))
     if spec.remedy.kept is None:
         return K, None
@@ -194,7 +214,8 @@ def eigen_backward(lam: torch.Tensor, U: torch.Tensor, grad_lam: torch.Tensor | 
     grad_lam = torch.zeros_like(lam) if grad_lam is None else grad_lam
     grad_U = torch.zeros_like(U) if grad_U is None else grad_U
     if spec.remedy.gradient is not None:
-        return spec.remedy.gradient(lam, U, grad_lam, grad_U, **spec.kwargs("gradient"))
+        return spec.remedy.gradient(remedy_spectrum(lam, spec.remedy), U, grad_lam, grad_U,
+                                    **spec.kwargs("gradient"))
     key = _key("eigen", spec, lam, U)
     return _run(_eigen_backward_impl, key, _use_compile(compile, U), lam, U, grad_lam, grad_U, spec)
 

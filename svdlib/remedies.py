@@ -98,6 +98,13 @@ class Remedy:
         that carry gradient: their rows and columns of K~ and their dL/dlam are zeroed.
     bound : callable, optional
         ``bound(options) -> float``: the documented bound on |K~| (inf where there is none).
+    psd_only : bool
+        The remedy is defined for positive semi-definite spectra only (it clamps eigenvalues at a
+        floor, or expands in the ratios lam_j / lam_i, or power-iterates). The backward stage then
+        applies it to the spectrum shifted up by -lam_min wherever lam_min is clearly negative,
+        i.e. to A - lam_min I, which has A's eigenvectors and A's exact K (K_ij = 1/(lam_i - lam_j)
+        does not change under a shift): so it stays correct on indefinite matrices, and nothing
+        changes on positive semi-definite ones (:func:`svdlib.fused.remedy_spectrum`).
     foldable : bool
         Whether matrix functions may use the folded (divided-difference) form
         F~_ij = K~_ij (f(lam_i) - f(lam_j)), F~_ii = f'(lam_i), one Hadamard product instead of
@@ -122,6 +129,7 @@ class Remedy:
     f_matrix: Callable[..., torch.Tensor] | None = None
     kept: Callable[..., torch.Tensor] | None = None
     bound: Callable[[Mapping[str, Any]], float] | None = None
+    psd_only: bool = False
     foldable: bool = True
     checks: Mapping[str, Check] = dataclasses.field(default_factory=dict)
     renamed: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -245,7 +253,8 @@ def k_taylor(lam: torch.Tensor, degree: int = 9, floor: float = 1e-10) -> torch.
     replaced by 1 + x + ... + x^degree. Eigenvalues are clamped at ``floor`` first (1e-10 and
     degree 9 in the TPAMI code; the ICCV code uses degree 100), so with x in (0, 1],
     |K~_ij| <= (degree + 1)/floor. The series is summed in closed form without cancellation
-    (:func:`geometric_series`). Assumes a positive semi-definite input.
+    (:func:`geometric_series`). Defined for a positive semi-definite spectrum (the record says
+    ``psd_only``: the backward stage shifts an indefinite one first).
     """
     lam = lam.clamp_min(floor)
     big, gap = _pair_max_gap(lam)
@@ -316,7 +325,8 @@ def k_pade(lam: torch.Tensor, order: tuple[int, int] = (50, 50), floor: float = 
     denominator. Following the ICCV overflow patch, non-finite entries and entries whose
     denominator is <= 0 are replaced by the largest remaining |K~| of the batch (with the
     pair's sign). It is therefore *not* bounded at ties: notebook 03 measures this.
-    Eigenvalues are clamped at ``floor`` (float64 machine eps, as in the ICCV code).
+    Eigenvalues are clamped at ``floor`` (float64 machine eps, as in the ICCV code). Defined for
+    a positive semi-definite spectrum (``psd_only``: the backward stage shifts an indefinite one).
     """
     approximant = pade_order(order)
     a, b = approximant.numerator, approximant.denominator
@@ -342,12 +352,15 @@ def k_truncate(lam: torch.Tensor, k_max: float = 1e10) -> torch.Tensor:
 def kept_directions(lam: torch.Tensor, cutoff: float | None = 1e-5, top_n: int | None = None) -> torch.Tensor:
     """1 for the eigen-directions ``truncate`` keeps, 0 for those it drops (ICCV 2021).
 
-    Dropped: lam < ``cutoff`` and, when ``top_n`` is given, all but the ``top_n`` largest.
+    Dropped: the (nearly) null directions, |lam| < ``cutoff``, and, when ``top_n`` is given, all
+    but the ``top_n`` largest. On a covariance (the papers' input) |lam| < cutoff is lam <
+    cutoff, up to the sign of rounding; on an indefinite matrix a clearly negative eigenvalue
+    is not null, and its direction keeps its gradient.
     """
     n = lam.shape[-1]
     keep = torch.ones_like(lam, dtype=torch.bool)
     if cutoff is not None:
-        keep = keep & (lam >= cutoff)
+        keep = keep & (lam.abs() >= cutoff)
     if top_n is not None:
         if not 0 <= top_n <= n:
             raise ValueError(f"top_n must be in [0, {n}], got {top_n}")
@@ -392,6 +405,10 @@ def power_iteration_gradient(lam, U, grad_lam, grad_U, *, iterations: int = 9, f
 
     Every later direction is dropped too (the published loop breaks). Masks, not Python
     breaks, so it batches; it is not meant for torch.func transforms of the backward.
+
+    Defined for a positive semi-definite spectrum (power iteration converges to the eigenvalue
+    of largest modulus); the record says ``psd_only``, so on an indefinite matrix it runs on
+    A - lam_min I, whose smallest direction is null there and gets no gradient.
     """
     n = lam.shape[-1]
     U, lam, grad_U, grad_lam = U.detach(), lam.detach(), grad_U.detach(), grad_lam.detach()
@@ -438,15 +455,15 @@ clip = register_backward(Remedy(
     checks={"k_max": _POSITIVE}, renamed={"threshold": "k_max"},
     reference="Robust Differentiable SVD sec. 3.5, SVD-Clip"))
 taylor = register_backward(Remedy(
-    "taylor", k_matrix=k_taylor, bound=lambda o: (o["degree"] + 1) / o["floor"],
+    "taylor", k_matrix=k_taylor, bound=lambda o: (o["degree"] + 1) / o["floor"], psd_only=True,
     checks={"degree": integer(0), "floor": _POSITIVE}, renamed={"eps": "floor"}, inherits_shift="floor",
     reference="Robust Differentiable SVD sec. 3.2, SVD-Taylor"))
 pade = register_backward(Remedy(
-    "pade", k_matrix=k_pade, bound=lambda o: math.inf,
+    "pade", k_matrix=k_pade, bound=lambda o: math.inf, psd_only=True,
     checks={"order": pade_order, "floor": _POSITIVE}, renamed={"eps": "floor"}, inherits_shift="floor",
     reference="Why Approximate Matrix Square Root Outperforms Accurate SVD in GCP (ICCV 2021), SVD-Padé"))
 power_iteration = register_backward(Remedy(
-    "power_iteration", gradient=power_iteration_gradient,
+    "power_iteration", gradient=power_iteration_gradient, psd_only=True,
     checks={"iterations": integer(1), "floor": _NON_NEGATIVE, "null_rtol": _NON_NEGATIVE,
             "energy_tol": optional(real(0.0, maximum=1.0)), "rel_tol": real(0.0, allow_inf=True),
             "norm_floor": _NON_NEGATIVE},

@@ -26,10 +26,10 @@ from typing import Callable
 import torch
 
 from . import _cusolver, diagnostics
-from ._validation import raise_non_finite
+from ._validation import batch_index, is_traced, raise_non_finite
 
 __all__ = ["SOLVERS", "Solver", "register_solver", "resolve_solver", "solver_for", "canonical_name",
-           "is_differentiable",
+           "is_differentiable", "Expect", "untrusted", "verify",
            "solve", "power_iteration_eigh"]
 
 SolverResult = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
@@ -150,11 +150,87 @@ def solver_for(name: str, A: torch.Tensor) -> str:
     return resolve_solver(name, A.device)
 
 
+@dataclasses.dataclass(frozen=True)
+class Expect:
+    """What a caller needs of the spectrum, checked together with the solver's failure check
+    (:func:`solve`), so it costs no host synchronisation of its own.
+
+    name
+        The argument's name in error messages.
+    psd_rtol
+        When set, a matrix with an eigenvalue below ``-psd_rtol * max|lam|`` raises ValueError:
+        it is not positive semi-definite beyond rounding (:func:`svdlib._validation.rounding_rtol`).
+    needs_scale
+        A matrix without scale (every |eigenvalue| below the dtype's smallest normal number:
+        the zero matrix) raises ValueError.
+    purpose
+        What needs it, for the message (e.g. "inv_sqrtm (p = -0.5)").
+    remedy
+        What the caller can do instead, for the message.
+    """
+
+    name: str = "A"
+    psd_rtol: float | None = None
+    needs_scale: bool = False
+    purpose: str = ""
+    remedy: str = ""
+
+    def violations(self, lam: torch.Tensor) -> torch.Tensor | None:
+        """Per-matrix mask (...,) of the matrices that break the expectation (on the device)."""
+        bad = None
+        if self.psd_rtol is not None or self.needs_scale:
+            scale = lam.abs().amax(-1)
+        if self.psd_rtol is not None:
+            bad = lam.amin(-1) < -self.psd_rtol * scale
+        if self.needs_scale:
+            no_scale = scale < torch.finfo(lam.dtype).tiny
+            bad = no_scale if bad is None else bad | no_scale
+        return bad
+
+    def error(self, lam: torch.Tensor, index: str) -> ValueError:
+        """The message for one matrix (eigenvalues ``lam``) that breaks the expectation."""
+        scale = float(lam.abs().amax())
+        lowest = float(lam.amin())
+        what = f"{self.name}{index}"
+        needs = f" for {self.purpose}" if self.purpose else ""
+        tail = f"; {self.remedy}" if self.remedy else ""
+        if self.needs_scale and not scale >= torch.finfo(lam.dtype).tiny:
+            dtype = str(lam.dtype).removeprefix("torch.")
+            return ValueError(f"{what} is the zero matrix (every |eigenvalue| is below the smallest normal "
+                              f"{dtype} number), where {self.purpose or 'a negative power'} is undefined{tail}")
+        return ValueError(
+            f"{what} must be positive semi-definite{needs}: it has the eigenvalue {lowest:.4g}, below "
+            f"-{self.psd_rtol:.2g} x its largest |eigenvalue| {scale:.4g} (the rounding of a positive "
+            f"semi-definite matrix stays above that){tail}")
+
+
+#: A solver's eigenpairs are trusted (with :func:`svdlib.diagnostics.check_eigenvectors` on)
+#: when max |U^T U - I| and max |A U - U diag(lam)| / max(|lam|, |A|) are at most
+#: TRUST_FACTOR * n * eps of the dtype. LAPACK's measured up to 1.7 n eps (n = 3; random,
+#: clustered, 1e-12..1e6 and covariance spectra, float32 and float64, n = 2..256, torch's and
+#: numpy's LAPACK, with and without a random similarity first): a 38x margin; garbage is O(1).
+TRUST_FACTOR = 64
+
+
+def untrusted(A: torch.Tensor, lam: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """Per-matrix mask (...,) of eigenpairs that are not an eigendecomposition of ``A`` up to
+    rounding: non-finite, not orthonormal, or A U != U diag(lam) (:data:`TRUST_FACTOR`).
+    Two batched products; :func:`solve` runs it with ``check_eigenvectors(True)``."""
+    n = A.shape[-1]
+    tol = TRUST_FACTOR * n * torch.finfo(A.dtype).eps
+    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    orthogonality = (U.transpose(-1, -2) @ U - eye).abs().amax((-1, -2))
+    scale = torch.maximum(lam.abs().amax(-1), A.abs().amax((-1, -2))).clamp_min(torch.finfo(A.dtype).tiny)
+    residual = (A @ U - U * lam.unsqueeze(-2)).abs().amax((-1, -2)) / scale
+    return ~((orthogonality <= tol) & (residual <= tol))  # NaN compares False: untrusted
+
+
 def _repair_one(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Eigen-decompose one matrix that failed: float64, then growing diagonal jitter.
 
     The jitter is a diagonal of distinct tiny values (relative 1e-10, x100 per retry); it
-    changes eigenvalues by at most its size. Last resort: the diagonal and the identity.
+    changes eigenvalues by at most its size. Last resort: the diagonal and the identity (not an
+    eigendecomposition; :func:`solve` warns when it is used).
     """
     A64 = A.to(torch.float64)
     scale = float(A64.abs().max().clamp_min(1e-30)) if torch.isfinite(A64).all() else 1.0
@@ -170,41 +246,105 @@ def _repair_one(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
     diag = torch.nan_to_num(torch.diagonal(A64), nan=0.0, posinf=0.0, neginf=0.0)
     lam, order = torch.sort(diag)
     U = torch.eye(A.shape[-1], dtype=torch.float64, device=A.device)[:, order]
-    return lam.to(A.dtype), U.to(A.dtype), "diagonal fallback"
+    return lam.to(A.dtype), U.to(A.dtype), FALLBACK
 
 
-def solve(A: torch.Tensor, solver: str = "torch", traced: bool = False, name: str = "A",
+#: How :func:`_repair_one` names its last resort.
+FALLBACK = "diagonal fallback"
+
+
+def _run_solver(fn, A: torch.Tensor, solver: str, traced: bool):
+    """Call a solver; an exception from it (not from bad input) marks every matrix as failed."""
+    if traced:
+        return (*fn(A), None)
+    try:
+        lam, U, ok = fn(A)
+    except Exception as exc:  # a custom solver that raises: repair the batch, say why
+        nan = torch.full(A.shape[:-1], math.nan, dtype=A.dtype, device=A.device)
+        failed = torch.zeros(A.shape[:-2], dtype=torch.bool, device=A.device)
+        return nan, torch.full_like(A, math.nan), failed, f"{type(exc).__name__}: {exc}"
+    return lam, U, ok, None
+
+
+def solve(A: torch.Tensor, solver: str = "torch", traced: bool = False, name: str | Expect = "A",
           source: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run solver ``solver`` on ``A`` (..., n, n); detect and repair failed matrices.
 
     The check costs one host synchronisation and no pass over U: the sum of the eigenvalues
-    is NaN or Inf as soon as one of them is, and a solver's failure mask is folded in (with
-    :func:`svdlib.diagnostics.check_eigenvectors` on, the eigenvectors' sum too). Only when
-    it is not finite are the matrices examined one by one: a non-finite input (``source``,
-    default ``A``) raises ValueError naming ``name`` (NaN/Inf input gives non-finite
-    eigenvalues or a solver error, so it needs no scan of its own); otherwise only the failed
-    matrices are recomputed (:func:`_repair_one`), each is counted in
-    :mod:`svdlib.diagnostics`, and the batch never crashes because one matrix failed. When
-    ``traced`` (torch.compile / vmap) the data-dependent check is skipped.
+    is NaN or Inf as soon as one of them is, and a solver's failure mask and the caller's
+    :class:`Expect` (``name``: a plain name, or an Expect that also says what the spectrum
+    must satisfy) are folded in. With :func:`svdlib.diagnostics.check_eigenvectors` on, the
+    eigenpairs themselves are verified too (:func:`untrusted`: finite, orthonormal, A U = U
+    diag(lam) up to rounding), so a solver that reports success with garbage is repaired.
+
+    Only when the check fails are the matrices examined one by one: a non-finite input
+    (``source``, default ``A``) raises ValueError naming it (NaN/Inf input gives non-finite
+    eigenvalues or a solver error, so it needs no scan of its own); failed matrices are
+    recomputed (:func:`_repair_one`) and counted in :mod:`svdlib.diagnostics`, so the batch never
+    crashes because one matrix failed; a solver that raises is treated as failing on every
+    matrix (RuntimeWarning with its message); a matrix that no repair could decompose is
+    replaced by its diagonal and the identity with a RuntimeWarning naming it; a matrix that
+    breaks the Expect raises ValueError naming it. When ``traced`` (torch.compile / vmap) the
+    data-dependent check is skipped.
     """
+    expect = name if isinstance(name, Expect) else Expect(name)
     entry = SOLVERS[solver]
-    lam, U, ok = (entry.fn if type(entry) is Solver else entry)(A)
+    lam, U, ok, raised = _run_solver(entry.fn if type(entry) is Solver else entry, A, solver, traced)
     if traced:
         return lam, U
     total = lam.sum()
     if diagnostics._check_eigenvectors:
-        total = total + U.sum()
+        ok = ~untrusted(A, lam, U) if ok is None else ok & ~untrusted(A, lam, U)
     if ok is not None:
         total = torch.where(ok.all(), total, torch.full_like(total, math.nan))
+    broken = expect.violations(lam)
+    if broken is not None:
+        total = torch.where(broken.any(), torch.full_like(total, math.nan), total)
     if math.isfinite(total.item()):
         return lam, U
+    return _examine(A, lam, U, ok, raised, solver, expect, A if source is None else source)
+
+
+def verify(lam: torch.Tensor, expect: "Expect | str", source: torch.Tensor) -> None:
+    """The check of :func:`solve` for eigenvalues that cannot be repaired (a differentiable
+    solver's): one host synchronisation; NaN/Inf ``source`` and a broken :class:`Expect` raise
+    ValueError. Skipped when traced."""
+    expect = expect if isinstance(expect, Expect) else Expect(expect)
+    if is_traced(lam):
+        return
+    total = lam.sum()
+    broken = expect.violations(lam)
+    if broken is not None:
+        total = torch.where(broken.any(), torch.full_like(total, math.nan), total)
+    if math.isfinite(total.item()):
+        return
+    if not bool(torch.isfinite(source).all()):
+        raise_non_finite(source, expect.name)
+    _enforce(lam, expect, source.shape)
+
+
+def _enforce(lam, expect, shape):
+    broken = expect.violations(lam)
+    if broken is not None and bool(broken.any()):
+        n = shape[-1]
+        b = int(broken.reshape(-1).nonzero()[0])
+        raise expect.error(lam.detach().reshape(-1, n)[b], batch_index(b, shape[:-2]))
+
+
+def _examine(A, lam, U, ok, raised, solver, expect, source):
+    """The slow path of :func:`solve`: name bad input, repair failures, enforce the Expect."""
     finite = torch.isfinite(lam).all(-1) & torch.isfinite(U).all(-1).all(-1)
     ok = finite if ok is None else (ok & finite)
-    if bool(ok.all()):  # the sum overflowed on finite values: nothing failed
-        return lam, U
-    source = A if source is None else source
-    if not bool(torch.isfinite(source).all()):
-        raise_non_finite(source, name)
+    if not bool(ok.all()):
+        if not bool(torch.isfinite(source).all()):
+            raise_non_finite(source, expect.name)
+        lam, U = _repair(A, lam, U, ok, raised, solver, expect.name)
+    _enforce(lam, expect, A.shape)
+    return lam, U
+
+
+def _repair(A, lam, U, ok, raised, solver, name):
+    """Recompute the matrices that failed (``ok`` False), count them, warn where it matters."""
     n = A.shape[-1]
     bad = (~ok).reshape(-1).nonzero().flatten().tolist()
     lam_f, U_f, A_f = lam.reshape(-1, n).clone(), U.reshape(-1, n, n).clone(), A.reshape(-1, n, n)
@@ -212,7 +352,19 @@ def solve(A: torch.Tensor, solver: str = "torch", traced: bool = False, name: st
     for b in bad:
         lam_f[b], U_f[b], h = _repair_one(A_f[b])
         how.append(h)
-    diagnostics.record_failures(len(bad), solver=solver, indices=bad, repaired_by=how)
+    diagnostics.record_failures(len(bad), solver=solver, indices=bad, repaired_by=how,
+                                **({"error": raised} if raised else {}))
+    if raised:
+        warnings.warn(f"svdlib: solver {solver!r} raised {raised}; the {len(bad)} matrices of {name} were "
+                      "decomposed by the float64 repair instead (counted in svdlib.diagnostics)",
+                      RuntimeWarning, stacklevel=4)
+    given_up = [b for b, h in zip(bad, how) if h == FALLBACK]
+    if given_up:
+        where = ", ".join(f"{name}{batch_index(b, A.shape[:-2]) or ''}" for b in given_up[:5])
+        more = f" and {len(given_up) - 5} more" if len(given_up) > 5 else ""
+        warnings.warn(f"svdlib: the eigensolver and every repair failed on {where}{more}; returning its "
+                      "diagonal as eigenvalues and the identity as eigenvectors, which is NOT an "
+                      "eigendecomposition (counted in svdlib.diagnostics)", RuntimeWarning, stacklevel=4)
     return lam_f.reshape(lam.shape), U_f.reshape(U.shape)
 
 

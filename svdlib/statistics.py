@@ -3,34 +3,52 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import check_finite
+from ._validation import check_real_tensor, check_square, is_traced, raise_non_finite
 
 __all__ = ["covariance", "condition_number"]
 
 
-def covariance(X: torch.Tensor) -> torch.Tensor:
+def covariance(X: torch.Tensor, *, check_finite: bool = True) -> torch.Tensor:
     r"""Centred covariance P = (1/N) (X - mu)(X - mu)^T of features X (..., d, N) (eq. 2).
 
     Each of the N columns is one sample of d features; mu is the mean over the N samples.
-    Differentiable; the output is exactly symmetric.
+    Differentiable; the output is exactly symmetric and has X's dtype.
+
+    Raises ValueError when X holds NaN/Inf, and when X is finite but its covariance overflows
+    X's dtype (e.g. float32 entries of 1e20: their squares exceed 3.4e38); the message names
+    the largest entry and the remedy (scale X, or pass it as float64). The check reads one
+    scalar back from the device, on the output, so it covers both cases at once.
+    ``check_finite=False`` leaves both checks to the caller (a layer that words its own
+    message).
 
     >>> import torch, svdlib
     >>> svdlib.covariance(torch.tensor([[1.0, -1.0], [2.0, -2.0]]))
     tensor([[1., 2.],
             [2., 4.]])
     """
-    if not isinstance(X, torch.Tensor):
-        raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}")
-    if X.dim() < 2:
-        raise ValueError(f"X must have shape (..., d, N) with at least 2 dimensions, got {tuple(X.shape)}")
-    if not X.is_floating_point():
-        raise ValueError(f"X must be floating point, got {X.dtype} with shape {tuple(X.shape)}")
-    if X.shape[-1] < 1:
-        raise ValueError(f"X needs at least one sample (N >= 1) in its last dimension, got {tuple(X.shape)}")
-    check_finite(X, "X")
+    check_real_tensor(X, "X", "(..., d, N)")
+    if X.shape[-2] < 1 or X.shape[-1] < 1:
+        raise ValueError(f"X must have d >= 1 features and N >= 1 samples in its last two dimensions "
+                         f"(..., d, N), got shape {tuple(X.shape)}")
     Xc = X - X.mean(dim=-1, keepdim=True)
     P = Xc @ Xc.transpose(-1, -2) / X.shape[-1]
-    return 0.5 * (P + P.transpose(-1, -2))
+    P = 0.5 * (P + P.transpose(-1, -2))
+    if check_finite and not is_traced(P) and not bool(torch.isfinite(P).all()):
+        _raise_not_finite(X, P)
+    return P
+
+
+def _raise_not_finite(X: torch.Tensor, P: torch.Tensor) -> None:
+    """The error for a covariance that is not finite: NaN/Inf input, or overflow."""
+    if not bool(torch.isfinite(X).all()):
+        raise_non_finite(X, "X")
+    dtype = str(P.dtype).removeprefix("torch.")
+    largest = float(X.detach().abs().amax())
+    raise ValueError(
+        f"the covariance of X (shape {tuple(X.shape)}, largest |entry| {largest:.3g}) overflowed "
+        f"{dtype}, which holds up to {torch.finfo(P.dtype).max:.3g}; X is finite, its products are "
+        "not: scale X down or pass it as torch.float64"
+    )
 
 
 @torch.no_grad()
@@ -40,8 +58,6 @@ def condition_number(A: torch.Tensor) -> torch.Tensor:
     Computed in float64 from the eigenvalues; ``inf`` where lam_min <= 0 (singular or
     indefinite input). Returns a float64 tensor of shape (...).
     """
-    from ._validation import check_square
-
     check_square(A, "A")
     A64 = A.detach().to(torch.float64)
     lam = torch.linalg.eigvalsh(0.5 * (A64 + A64.transpose(-1, -2)))

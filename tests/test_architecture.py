@@ -58,6 +58,9 @@ def test_the_core_modules_import_each_other_without_a_cycle():
     # the stage and the matrix functions in particular
     assert "svdlib.matfuncs" not in graph["svdlib.fused"] and "svdlib.eigen" not in graph["svdlib.fused"]
     assert "svdlib.remedies" not in graph["svdlib.fused"] and "svdlib.remedies" not in graph["svdlib._options"]
+    # forward mode and second derivatives sit between the remedies and their users
+    assert "svdlib.higher_order" not in graph["svdlib.fused"] | graph["svdlib.remedies"]
+    assert not {"svdlib.eigen", "svdlib.matfuncs"} & graph["svdlib.higher_order"]
 
 
 def test_the_repository_refers_to_nothing_outside_it(repo_root):

@@ -93,3 +93,19 @@ def test_rank_deficient_covariances_only_divided_difference_keeps_the_gradient_e
         if name != "divided_difference":
             assert err > 1e3 * errors["divided_difference"], errors
     assert errors["taylor"] > 0.05, errors  # the null-space cluster's contribution is lost
+
+
+def test_positive_integer_powers_of_indefinite_matrices():
+    """Positive integer powers take any symmetric matrix (issue 17's property test found NaN:
+    the general formula takes log(max(lam_i, lam_j)), which needs lam > 0). Checked against the
+    closed form d tr(G^T A^2)/dA = sym(G) A + A sym(G)."""
+    A = matrix_with_spectrum([-3.0, -1.0, 0.5, 2.0], seed=20)
+    G = torch.randn(4, 4, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    X = A.clone().requires_grad_()
+    (svdlib.powm(X, 2, backward="divided_difference") * G).sum().backward()
+    S = 0.5 * (G + G.T)
+    # measured 1e-15 relative; bound 1e-12
+    torch.testing.assert_close(X.grad, S @ A + A @ S, rtol=1e-12, atol=1e-12)
+    lam = torch.tensor([-2.0, 1.0, 3.0], dtype=torch.float64)
+    li, lj = lam[:, None], lam[None, :]
+    torch.testing.assert_close(divided_difference_matrix(lam, 3), li**2 + li * lj + lj**2)

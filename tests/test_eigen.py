@@ -183,6 +183,13 @@ def test_one_host_synchronisation_per_call(monkeypatch):
     reads.clear()
     svdlib.eigh(A.clone().requires_grad_(), solver="plain_test", backward="taylor", degree=20)
     assert reads == ["item"]
+    # the positive semi-definite and zero-matrix checks of negative powers ride on the same read
+    for call in (lambda: svdlib.inv_sqrtm(A, solver="plain_test"),
+                 lambda: svdlib.inv_sqrtm(A, solver="plain_test", backward="exact"),
+                 lambda: svdlib.sqrtm(A, method="newton_schulz")):
+        reads.clear()
+        call()
+        assert reads == ["item"]
 
 
 def test_symmetric_part_is_one_pass_equal_to_the_half_sum():
@@ -228,3 +235,83 @@ def test_eigenvector_scan_is_optional():
         diagnostics.check_eigenvectors(False)
         diagnostics.reset_failures()
         solvers.SOLVERS.pop("bad_vectors_test")
+
+
+def _numpy_eigh(A):
+    """A solver that does not use torch.linalg.eigh (so a test can make the repair fail)."""
+    import numpy as np
+
+    lam, U = np.linalg.eigh(A.detach().numpy())
+    return torch.from_numpy(np.ascontiguousarray(lam)), torch.from_numpy(np.ascontiguousarray(U))
+
+
+def test_last_resort_fallback_warns_naming_the_matrix(monkeypatch):
+    """Issue 17: when every repair failed, the diagonal and the identity came back with only the
+    counter moving. Now a RuntimeWarning names the matrix."""
+    def fails_on_second(A):
+        lam, U = _numpy_eigh(A)
+        lam, U = lam.clone(), U.clone()
+        lam[0, 1] = float("nan")
+        return lam, U, None
+
+    monkeypatch.setitem(solvers.SOLVERS, "fails_test", solvers.Solver(fails_on_second))
+
+    def never(*args, **kwargs):
+        raise torch.linalg.LinAlgError("injected: the repair fails too")
+
+    monkeypatch.setattr(torch.linalg, "eigh", never)
+    A = matrix_with_spectrum(torch.rand(2, 3, 4, dtype=torch.float64) + 0.5, seed=11)
+    diagnostics.reset_failures()
+    with pytest.warns(RuntimeWarning, match=r"every repair failed on A\[0, 1\]; returning its diagonal"):
+        lam, _ = svdlib.eigh(A, solver="fails_test")
+    assert torch.equal(lam[0, 1], torch.sort(torch.diagonal(A[0, 1]))[0])
+    assert diagnostics.last_failure()["repaired_by"] == ["diagonal fallback"]
+    diagnostics.reset_failures()
+
+
+def test_a_solver_that_raises_is_repaired_counted_and_named():
+    def raising(A):
+        raise RuntimeError("boom")
+
+    solvers.register_solver("raising_test", raising)
+    try:
+        diagnostics.reset_failures()
+        A = matrix_with_spectrum(torch.rand(3, 4, dtype=torch.float64) + 0.5, seed=12)
+        with pytest.warns(RuntimeWarning, match=r"solver 'raising_test' raised RuntimeError: boom; the 3 "
+                                                r"matrices of A were decomposed by the float64 repair"):
+            lam, U = svdlib.eigh(A, solver="raising_test")
+        torch.testing.assert_close(lam, torch.linalg.eigvalsh(A))
+        assert diagnostics.failure_count() == 3 and diagnostics.last_failure()["error"] == "RuntimeError: boom"
+        with pytest.raises(ValueError, match="NaN/Inf"):  # bad input is still named as such
+            svdlib.eigh(torch.full((2, 2), float("nan")), solver="raising_test")
+    finally:
+        diagnostics.reset_failures()
+        solvers.SOLVERS.pop("raising_test")
+
+
+@pytest.mark.parametrize("garbage", ["not orthonormal", "wrong eigenvalues"])
+def test_a_solver_reporting_success_with_garbage_is_not_trusted_when_checked(garbage):
+    """A solver whose eigenpairs are not an eigendecomposition is trusted by default (the check
+    costs two products per call) and repaired with check_eigenvectors(True), in the same one
+    host synchronisation."""
+    def lying(A):
+        lam, U = torch.linalg.eigh(A)
+        if garbage == "not orthonormal":
+            return lam, U + 0.1, torch.ones(A.shape[:-2], dtype=torch.bool)
+        return 2 * lam, U, None
+
+    solvers.register_solver("lying_test", lying)
+    A = matrix_with_spectrum(torch.rand(3, 5, dtype=torch.float64) + 0.5, seed=13)
+    try:
+        diagnostics.reset_failures()
+        svdlib.eigh(A, solver="lying_test")
+        assert diagnostics.failure_count() == 0
+        assert diagnostics.check_eigenvectors(True)
+        lam, U = svdlib.eigh(A, solver="lying_test")
+        assert diagnostics.failure_count() == 3
+        torch.testing.assert_close((U * lam.unsqueeze(-2)) @ U.transpose(-1, -2), A)
+        assert not solvers.untrusted(A, *torch.linalg.eigh(A)).any()  # LAPACK's own pass
+    finally:
+        diagnostics.check_eigenvectors(False)
+        diagnostics.reset_failures()
+        solvers.SOLVERS.pop("lying_test")

@@ -267,3 +267,15 @@ def test_jobs_run_notebooks_side_by_side_and_the_aggregator_last(tmp_path, monke
     assert times("03_sum")[0] > max(a1, b1)  # the aggregator started after both finished
     with pytest.raises(ValueError, match="jobs"):
         runner.run_suite(nbs, tmp_path / "results", jobs=0)
+
+
+@pytest.mark.parametrize("text", ["n: [unclosed\n", "n: !!python/object/apply:os.system ['echo hi']\n", "\t- tab\n"])
+def test_malformed_parameter_file_is_a_one_line_cli_error_naming_it(tmp_path, capsys, text):
+    """Issue 17: `-f bad.yaml` printed a raw yaml traceback."""
+    tiny = _write_notebook(tmp_path / "01_tiny.ipynb", TINY_PARAMETERS, TINY_CELLS)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    assert runner.main([str(tiny), "--results", str(tmp_path / "r"), "-f", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not parse parameter file ") and "bad.yaml" in err
+    assert err.count("\n") == 1 and not (tmp_path / "r").exists()

@@ -234,3 +234,49 @@ def test_layers_check_their_options_at_construction():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         svdlib.nn.DecorrelatedBatchNorm2d(8, method="newton_schulz", iterations=5)  # NS steps, valid
+
+
+# ----------------------------------------------------------------------------- every entry point
+# Issue 17 item 5: the same bad value got different treatment depending on where it was written.
+BAD_SETTINGS = [
+    ("taylor", {"degree": -1}, r"backward='taylor': option degree must be an integer >= 0, got -1"),
+    ("clip", {"k_max": 0}, r"backward='clip': option k_max must be a finite real number > 0, got 0"),
+    ("clip", {"threshold": 0}, r"backward='clip': option k_max must be a finite real number > 0, got 0"),
+    ("taylor", {"solver": "power_iteration_forward", "iterations": 0}, r"iterations must be an integer >= 1, got 0"),
+    ("taylor", {"eps": math.nan}, r"eps must be a finite real number >= 0, got nan$"),
+    ("taylor", {"eps": math.inf}, r"eps must be a finite real number >= 0, got inf$"),
+    ("taylor", {"min_eigenvalue": math.nan}, r"min_eigenvalue must be a finite real number >= 0, got nan$"),
+    ("taylor", {"floor": math.inf}, r"backward='taylor': option floor must be a finite real number > 0, got inf"),
+    ("truncate", {"cutoff": math.nan}, r"backward='truncate': option cutoff must be a finite real number, got nan"),
+    ("power_iteration", {"energy_tol": 2.0}, r"option energy_tol must be a finite real number >= 0 and <= 1, got 2.0"),
+    ("taylor", {"compute_dtype": torch.float16}, r"compute_dtype must be None, torch.float32 or torch.float64"),
+]
+
+
+def _entry_points(backward, options):
+    A = matrix_with_spectrum([1.0, 2.0, 3.0, 4.0], seed=0)
+    x = torch.randn(4, 4, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    yield "eigh", lambda: svdlib.eigh(A, backward=backward, **options)
+    yield "sqrtm", lambda: svdlib.sqrtm(A, backward=backward, **options)
+    yield "inv_sqrtm", lambda: svdlib.inv_sqrtm(A, backward=backward, **options)
+    yield "powm", lambda: svdlib.powm(A, 0.3, backward=backward, **options)
+    yield "DecorrelatedBatchNorm2d", lambda: svdlib.nn.DecorrelatedBatchNorm2d(4, backward=backward, **options)
+    yield "CovariancePooling", lambda: svdlib.nn.CovariancePooling(4, backward=backward, **options)
+    yield "whiten", lambda: svdlib.nn.whiten(x, backward=backward, **options)
+    from svdlib.experiments.config import config_from_dict
+
+    remedy_options = {k: v for k, v in options.items() if k != "solver"}
+    if "compute_dtype" in remedy_options:  # written in a YAML file as a name
+        remedy_options["compute_dtype"] = "float16"
+    yield "config", lambda: config_from_dict({"backward": backward, "solver": options.get("solver", "auto"),
+                                              "remedy_options": remedy_options})
+
+
+@pytest.mark.parametrize("backward, options, message", BAD_SETTINGS,
+                         ids=[f"{b}-{next(iter(o))}={list(o.values())[-1]}" for b, o, _ in BAD_SETTINGS])
+def test_every_entry_point_refuses_a_bad_setting_with_the_same_message(backward, options, message):
+    for where, call in _entry_points(backward, options):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # clip's old name threshold
+            with pytest.raises(ValueError, match=message):
+                call()

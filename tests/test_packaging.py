@@ -70,7 +70,7 @@ def test_pyproject_declares_ranges_not_pins():
     wanted = {
         "notebooks": {"jupyterlab", "ipykernel", "matplotlib", "seaborn", "papermill", "torchvision",
                       "scikit-learn", "pandas", "scipy"},
-        "test": {"pytest", "nbval", "nbstripout", "pytest-timeout"},
+        "test": {"pytest", "nbval", "nbstripout", "pytest-timeout", "hypothesis"},
         "cuda": {"nvmath-python"},
         "deploy": {"onnx", "onnxscript", "onnxruntime"},
     }

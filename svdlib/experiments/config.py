@@ -419,19 +419,30 @@ def config_from_dict(d: dict) -> ExperimentConfig:
 _SPECIAL = ("base", "profiles")
 
 
-def _read_yaml(path: str) -> dict:
+def parse_yaml_file(path: str | os.PathLike, what: str = "config file") -> Any:
+    """The content of a YAML file (``yaml.safe_load``); a file that is not UTF-8 or not YAML, or
+    uses a ``!!python`` tag, raises a one-line ValueError naming ``what`` and the file."""
     import yaml
 
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            return yaml.safe_load(fh)
     except UnicodeDecodeError as e:
-        raise ValueError(f"config file {path} is not UTF-8 text: {e}") from None
+        raise ValueError(f"{what} {path} is not UTF-8 text: {e}") from None
     except yaml.constructor.ConstructorError as e:
-        raise ValueError(f"could not parse config file {path}: {e}; config files are read with "
-                         "yaml.safe_load, so tags such as !!python/... are not allowed") from None
+        raise ValueError(f"could not parse {what} {path}: {_one_line(e)}; it is read with yaml.safe_load, "
+                         "so tags such as !!python/... are not allowed") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"could not parse config file {path}: {e}") from None
+        raise ValueError(f"could not parse {what} {path}: {_one_line(e)}") from None
+
+
+def _one_line(error: Exception) -> str:
+    """yaml's multi-line message (problem, then the file position) on one line."""
+    return " ".join(str(error).split())
+
+
+def _read_yaml(path: str) -> dict:
+    data = parse_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -223,13 +223,12 @@ def _load_config(config: str | os.PathLike | Mapping | None) -> dict[str, Any]:
         return {}
     if isinstance(config, Mapping):
         return dict(config)
-    import yaml
+    from .config import parse_yaml_file
 
     path = Path(config).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"config: no such parameter file {path}")
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    data = parse_yaml_file(path, "parameter file")
     if data is None:
         return {}
     if not isinstance(data, Mapping):

@@ -259,7 +259,7 @@ class CovariancePooling(nn.Module):
         B, d, H, W = z.shape
         if wide is not None:
             z = z.to(wide)
-        P = svdlib.covariance(z.reshape(B, d, H * W))
+        P = svdlib.covariance(z.reshape(B, d, H * W), check_finite=False)
         name = "input" if self.reduce is None else "the reduced input"
         check_covariance_finite(P, z if self.reduce is not None else x, name, "CovariancePooling",
                                 remedy="use covariance_dtype=torch.float64")

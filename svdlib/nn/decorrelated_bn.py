@@ -321,7 +321,7 @@ class DecorrelatedBatchNorm2d(nn.Module):
         else:
             n_total = n_local
             means = [b.mean(dim=-1) for b in blocks] if n_local else []
-            covs = [svdlib.covariance(b) for b in blocks] if n_local >= 2 else []
+            covs = [svdlib.covariance(b, check_finite=False) for b in blocks] if n_local >= 2 else []
         for c in covs:
             check_covariance_finite(c, x, "input", _LAYER, remedy=_WIDER)
         if n_total < 2:

@@ -45,7 +45,7 @@ def _grouped(x: torch.Tensor, name: str, groups: int, layer: str, min_positions:
 
 
 def _sample_covariance(X: torch.Tensor, x: torch.Tensor, name: str, layer: str) -> torch.Tensor:
-    P = svdlib.covariance(X)
+    P = svdlib.covariance(X, check_finite=False)
     check_covariance_finite(P, x, name, layer, remedy=_WIDER)
     return P
 
