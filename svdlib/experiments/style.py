@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import svdlib
+from svdlib.remedies import DEFAULT_BACKWARD
 
 __all__ = [
     "PHOTOGRAPHS",
@@ -202,7 +203,7 @@ def parse_methods(spec: str) -> list[tuple[str, str, str]]:
         if not name:
             continue
         if name == "newton_schulz":
-            out.append((name, "newton_schulz", "taylor"))  # backward unused by Newton-Schulz
+            out.append((name, "newton_schulz", DEFAULT_BACKWARD))  # backward unused by Newton-Schulz
         elif name in svdlib.BACKWARDS:
             out.append((name, "eigh", name))
         else:
@@ -364,7 +365,7 @@ def sharpness(img: torch.Tensor, scale: float = 255.0) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- colour transfer
 def transfer_colors(content: torch.Tensor, style: torch.Tensor, method: str = "eigh",
-                    backward: str = "taylor", eps: float = 1e-5, alpha: float = 1.0,
+                    backward: str = DEFAULT_BACKWARD, eps: float = 1e-5, alpha: float = 1.0,
                     **options) -> torch.Tensor:
     """Recolour ``content`` with the RGB mean and covariance of ``style`` (WCT on pixels).
 
@@ -446,7 +447,7 @@ class WCTAutoencoder(nn.Module):
         return self.decode(self.encode(x))
 
     def transfer_features(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0,
-                          method: str = "eigh", backward: str = "taylor", eps: float = 1e-5,
+                          method: str = "eigh", backward: str = DEFAULT_BACKWARD, eps: float = 1e-5,
                           groups: int = 1, **options) -> torch.Tensor:
         """WCT of the content's features with the style's: ``svdlib.nn.wct(E(c), E(s))``."""
         return svdlib.nn.wct(self.encode(content), self.encode(style), alpha=alpha, method=method,
@@ -490,7 +491,7 @@ def _finite_grads(params) -> bool:
 
 
 def finetune_through_wct(model: WCTAutoencoder, images: Sequence[torch.Tensor], steps: int,
-                         method: str = "eigh", backward: str = "taylor", *, batch: int = 4,
+                         method: str = "eigh", backward: str = DEFAULT_BACKWARD, *, batch: int = 4,
                          size: int = 32, lr: float = 1e-3, style_weight: float = 10.0,
                          eps: float = 1e-5, groups: int = 1, seed: int = 0,
                          **options) -> tuple[WCTAutoencoder, dict]:
@@ -613,7 +614,7 @@ def wct_directional_error(content_features: torch.Tensor, style_features: torch.
 
 
 def evaluate_stylization(net: WCTAutoencoder, loss_net: nn.Module, content: torch.Tensor,
-                         style: torch.Tensor, method: str = "eigh", backward: str = "taylor",
+                         style: torch.Tensor, method: str = "eigh", backward: str = DEFAULT_BACKWARD,
                          eps: float = 1e-5, groups: int = 1,
                          style_weight: float = 10.0) -> tuple[torch.Tensor, dict]:
     """Stylise held-out pairs with ``net`` and score the result (no gradient).
