@@ -6,11 +6,13 @@
 #
 # Variables (override on the command line, e.g. `make reproduce PROFILE=paper DATA=~/data`):
 #   PYTHON   interpreter used to create .venv              (default: python3)
-#   PROFILE  `profile` of the notebooks that declare it: quick (CPU minutes) or paper (default: quick)
+#   PROFILE  `profile` of the notebooks that declare it: quick (CPU minutes), long (the papers'
+#            replicate counts, CPU) or paper (the papers' protocol, GPU)   (default: quick)
 #   DATA     passed as parameter `data_root` to notebooks that declare it (default: unset)
 #   ONLY     notebook numbers or names to run, e.g. ONLY="00 03"   (default: all)
 #   RESULTS  where executed notebooks, figures and tables go      (default: results)
 #   FORCE    non-empty: re-run notebooks that already finished     (default: unset)
+#   JOBS     notebooks executed at the same time                   (default: 2)
 #   EXTRAS   extras installed into .venv                           (default: notebooks,test)
 #   PYTEST_ARGS  extra arguments for pytest, e.g. PYTEST_ARGS="-x -k sqrtm"
 #   PERTURB  perturbation of `make test-perturbed` (default: similarity:1; see tests/_perturb.py)
@@ -23,6 +25,7 @@ DATA ?=
 ONLY ?=
 RESULTS ?= results
 FORCE ?=
+JOBS ?= 2
 PYTEST_ARGS ?=
 PERTURB ?= similarity:1
 
@@ -37,7 +40,9 @@ comma := ,
 # pyproject.toml, so editing dependencies reinstalls. Nothing else does.
 STAMP := $(VENV)/.svdlib-installed-$(subst $(comma),-,$(EXTRAS))
 
-# Tests and notebooks must not draw progress bars or open windows.
+# Tests and notebooks must not draw progress bars or open windows. (The notebook runner gives
+# the kernels of `make reproduce` matplotlib's inline backend, which needs no display, so the
+# executed notebooks carry their figures.)
 export TQDM_DISABLE := 1
 export MPLBACKEND := Agg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -45,7 +50,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: help install test test-perturbed reproduce lint clean distclean
 
 help:
-	@sed -n '1,16p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,18p' Makefile | sed 's/^# \{0,1\}//'
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "svdlib needs Python >= 3.10; $(PYTHON) is " + sys.version.split()[0] + ". Run: make PYTHON=python3.11 ...")'
@@ -71,7 +76,7 @@ test-perturbed: $(STAMP)
 	SVDLIB_PERTURB='$(PERTURB)' $(PY) -m pytest tests $(NBVAL_NOTEBOOKS) --nbval-lax --nbval-current-env $(PYTEST_ARGS)
 
 reproduce: $(STAMP)
-	$(PY) -m svdlib.experiments.notebook --results '$(RESULTS)' --profile '$(PROFILE)' \
+	$(PY) -m svdlib.experiments.notebook --results '$(RESULTS)' --profile '$(PROFILE)' --jobs $(JOBS) \
 		$(if $(DATA),--data-root '$(DATA)') $(if $(ONLY),--only $(ONLY)) $(if $(FORCE),--force)
 
 # Optional: ruff is not part of any extra; installed into .venv on first use.

@@ -18,7 +18,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -241,20 +240,10 @@ def default_result_path(script: str, env: dict) -> Path:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: dict) -> Path:
-    """Write ``obj`` as JSON via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False, allow_nan=False, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``obj`` as strict JSON (NaN is an error) with svdlib's atomic writer."""
+    from svdlib.experiments.atomic import write_atomic
+
+    return write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False, default=str) + "\n")
 
 
 def _fmt(value: Any) -> str:

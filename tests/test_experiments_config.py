@@ -200,3 +200,13 @@ def test_shipped_config_profiles(path):
         assert paper.solver == "power_iteration_forward" and paper.remedy_options == {"iterations": 19}
     for _, c in expand_sweep(quick):
         c.validate()
+
+
+def test_long_profile_is_quick_with_the_papers_replicate_counts():
+    # "long": the quick scale, the papers' replicates (10 runs per ECCV row, 15 trials per Table IV cell)
+    for name, seeds in (("dbn_nog", 10), ("gcp_svd", 10), ("zca_svd_taylor", 15), ("hybrid_ns_svd", 10)):
+        quick = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.yaml"), profile="quick")
+        long = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.yaml"), profile="long")
+        assert long.profile == "long" and len(long.sweep["seed"]) == seeds and len(quick.sweep["seed"]) >= 3
+        same = {k: v for k, v in quick.to_dict().items() if k not in ("profile", "sweep")}
+        assert {k: long.to_dict()[k] for k in same} == same, name

@@ -128,21 +128,6 @@ def test_finetune_through_wct_trains_a_copy_and_reaches_the_encoder():
     assert not torch.equal(net.encoder[0].weight, model.encoder[0].weight)
 
 
-def test_paired_difference_verdicts():
-    a = torch.tensor([2.0, 2.1, 1.9, 2.0])
-    d = st.paired_difference(a, a - 1.0)  # a constant +1 shift: resolved, zero spread
-    assert d["mean"] == pytest.approx(1.0) and d["se"] == pytest.approx(0.0, abs=1e-12)
-    assert d["verdict"] == "a > b" and d["n"] == 4
-    noisy = st.paired_difference([1.0, 2.0, 3.0, 4.0], [1.5, 1.0, 3.5, 3.6])
-    # differences -0.5, 1, -0.5, 0.4: mean 0.1, sample std sqrt(1.62 / 3) = 0.73485, se = std / 2
-    assert noisy["mean"] == pytest.approx(0.1) and noisy["se"] == pytest.approx(np.sqrt(1.62 / 3) / 2)
-    assert noisy["verdict"] == "not resolved"
-    assert st.paired_difference([0.0, 0.1], [1.0, 1.2])["verdict"] == "a < b"
-    assert st.paired_difference([3.0], [1.0])["verdict"] == "not resolved"  # no error estimate
-    with pytest.raises(ValueError, match="same"):
-        st.paired_difference([1.0, 2.0], [1.0])
-
-
 # ----------------------------------------------------------------------------- data, settings
 def test_photographs_and_pairs():
     pytest.importorskip("sklearn")
@@ -160,6 +145,8 @@ def test_settings_and_methods_validation():
     quick = st.style_settings("quick")
     assert st.style_settings("quick", ae_steps=0, width=None) == quick  # 0 / None keep the profile
     assert st.style_settings("paper").groups == 8 and st.style_settings("paper").width // 8 == 32
+    long = st.style_settings("long")
+    assert long.seeds == 10 and quick.seeds == 3 and {**long.as_dict(), "profile": "quick", "seeds": 3} == quick.as_dict()
     with pytest.raises(ValueError, match="profile"):
         st.style_settings("full")
     with pytest.raises(ValueError, match="unknown setting"):

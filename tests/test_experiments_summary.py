@@ -17,9 +17,9 @@ from svdlib.experiments.report import load_reports, write_report
 SYNTHETIC = "SYNTHETIC test data"
 
 
-def _row(table, row, paper, ours, std=None, metric="err (%)", ours_metric=None):
+def _row(table, row, paper, ours, std=None, metric="err (%)", ours_metric=None, n=3):
     return {"table": table, "row": row, "metric": metric, "paper": paper, "ours": ours, "ours_std": std,
-            "ours_metric": ours_metric or metric}
+            "ours_n": n, "ours_metric": ours_metric or metric}
 
 
 def _claim(source, ours_holds, claim="c"):
@@ -53,26 +53,39 @@ def test_every_stored_table_has_a_spec_naming_real_columns():
         assert set(spec.columns) <= keys and {e for e in spec.errors if e} <= keys, name
 
 
-def test_verdict_maps_ours_holds_and_rejects_anything_else():
-    assert [S.verdict(v) for v in (True, False, None)] == ["True", "False", "not resolved"]
+def test_verdict_reads_the_claim_or_its_ours_holds():
+    assert [S.verdict({"ours_holds": v}) for v in (True, False, None)] == ["holds", "does not hold", "not resolved"]
+    assert S.verdict({"ours_holds": None, "verdict": "too few runs"}) == "too few runs"
     with pytest.raises(ValueError, match="ours_holds.*'yes'"):
-        S.verdict("yes")
+        S.verdict({"ours_holds": "yes"})
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        S.verdict({"ours_holds": True, "verdict": "True"})
 
 
 def test_ordering_agreement_counts_pairs_as_worked_out_by_hand():
-    def r(name, paper, ours, std, seeds=2, notebook="n"):
-        return dict(_row("T", name, paper, ours, std, ours_metric=f"err (%), mean of {seeds} seed(s)"),
+    def r(name, paper, ours, std, n=5, notebook="n"):
+        return dict(_row("T", name, paper, ours, std, ours_metric=f"err (%), mean of {n} seed(s)", n=n),
                     notebook=notebook, profile="quick")
 
-    rows = [r("a", 3.0, 10.0, 0.1), r("b", 2.0, 9.0, 0.2, seeds=3), r("c", 1.0, 9.9, 0.05),
-            r("d", 1.0, 5.0, None, seeds=1), r("e", 2.0, 1.0, 0.1, notebook="other")]
-    # a-b: +1.0 > 0.1 + 0.2 with the paper's sign: agree (metric names differing in a number pair up)
-    # a-c: +0.1 <= 0.1 + 0.05: not resolved;  b-c: -0.9 against the paper's +1: disagree
-    # a-d, b-d: d has no std: not resolved;  c-d: a tie in the paper: no pair;  e: another notebook: no pair
+    rows = [r("a", 3.0, 10.0, 0.1), r("b", 2.0, 9.0, 0.1, n=6), r("c", 1.0, 9.9, 0.1),
+            r("d", 1.0, 5.0, None, n=1), r("e", 2.0, 1.0, 0.1, notebook="other")]
+    # a-b: +1.0, t about 16, the paper's sign: agree (metric names differing in a number pair up)
+    # a-c: +0.1, Welch p = 0.16: not resolved;  b-c: -0.9 against the paper's +1, t about -14: disagree
+    # a-d, b-d: d has one seed: too few runs;  c-d: a tie in the paper: no pair;  e: another notebook
     out = S.ordering_agreement(rows)
-    assert {k: out[k] for k in ("pairs", "agree", "disagree", "unresolved")} == {
-        "pairs": 5, "agree": 1, "disagree": 1, "unresolved": 3}
+    assert {k: out[k] for k in ("pairs", "agree", "disagree", "unresolved", "too_few")} == {
+        "pairs": 5, "agree": 1, "disagree": 1, "unresolved": 1, "too_few": 2}
     assert out["disagreeing"] == [("b", "c")]
+
+
+def test_ordering_pairs_are_one_holm_family():
+    # Welch, 3 vs 3, sd 0.37: a difference of 1 has p = 0.030 (decided alone), of 2 p = 0.0025;
+    # Holm over the three pairs: 3 x 0.0025 for a-c, then 2 x 0.030 = 0.06 for a-b and b-c
+    rows = [dict(_row("T", name, paper, ours, 0.37, n=3), notebook="n", profile="quick")
+            for name, paper, ours in (("a", 3.0, 2.0), ("b", 2.0, 1.0), ("c", 1.0, 0.0))]
+    out = S.ordering_agreement(rows[:2])
+    assert out["agree"] == 1
+    assert S.ordering_agreement(rows)["agree"] == 1  # a-c (diff 2) survives Holm; a-b and b-c do not
 
 
 def test_ordering_flips_when_one_metric_is_accuracy_and_the_other_error():
@@ -110,9 +123,10 @@ def test_summarize_files_rows_checks_paper_values_and_lists_uncovered(reports):
     assert s.tables["decorrelated_bn_extra"].uncovered == ["SVD + NOG + SN", "SVD + NOG + OLR", "SVD + OW + OLR"]
     zca = s.tables["zca_stability"]
     assert "SVD-Taylor (d=16)" not in zca.uncovered and "SVD-Taylor (d=8)" in zca.uncovered  # d is matched too
-    assert zca.profiles == ["paper"] and zca.claims[0]["verdict"] == "False"
+    assert zca.profiles == ["paper"] and zca.claims[0]["verdict"] == "does not hold"
     assert list(s.other) == ["TPAMI21"] and s.other["TPAMI21"].rows[0]["paper_table"] is None
-    assert len(s.rows) == 8 and s.verdict_counts() == {"True": 1, "False": 1, "not resolved": 1}
+    assert len(s.rows) == 8 and s.verdict_counts() == {
+        "holds": 1, "does not hold": 1, "not resolved": 1, "too few runs": 0}
     # gcp orderings: the paper ranks the first four by top-1; ours are 90, 89, 88, 87 (by list order)
     paper = [r["top1_acc"] for r in paper_table("gcp")[:4]]
     ours = [90.0, 89.0, 88.0, 87.0]
@@ -141,13 +155,14 @@ def test_profile_filter_keeps_one_profile_and_lists_the_rest(reports):
 def test_markdown_puts_ours_beside_the_paper_with_profile_and_marks_foreign_values(reports):
     md = S.summary_markdown(S.summarize(reports), {"gcp": "16_summary/table_gcp.png"})
     gcp = md.split("### ECCV22 Table 5")[1].split("### ")[0]
-    row = "| SVD | top-1 acc (%) | 73.13 | 90.00 ± 0.10 | digits acc (%) | `quick` | SYNTHETIC test data 11 | 11_gcp |"
+    row = "| SVD | top-1 acc (%) | 73.13 | 90.00 ± 0.10 | 3 | digits acc (%) | `quick` | 11_gcp |"
     assert row in gcp
+    assert "| 11_gcp | `quick` | SYNTHETIC test data 11 |" in md  # the scale, once per run
     assert "99.9 †" in gcp and "not a paper-scale reproduction" in gcp
     assert "![ECCV22 Table 5: GCP, ResNet-18 on ImageNet](16_summary/table_gcp.png)" in gcp
     assert "No run reported on this table yet" in md.split("### ECCV22 Table 6")[1].split("### ")[0]
     other = md.split("## Other results")[1]
-    assert "### TPAMI21 (Robust Differentiable SVD)" in other and "| c | TPAMI Fig. 7 | True | not resolved |" in other
+    assert "### TPAMI21 (Robust Differentiable SVD)" in other and "| c | TPAMI Fig. 7 | holds | **not resolved** |" in other
     assert "| TPAMI Fig. 7 | taylor backward | time (ms) | — | 3.2 |" in other  # what the row cites
     empty = S.summary_markdown(S.summarize([]))
     assert "No report.json was found" in empty and empty.count("No run reported on this table yet") == len(PAPER_TABLES)
@@ -213,3 +228,20 @@ def test_resolve_results_root(tmp_path):
     with pytest.raises(ValueError, match="results_root"):
         S.resolve_results_root("", nb_dir)
     assert S.summarize_results(tmp_path / "nowhere").reports == []
+
+
+def test_verdict_changes_match_claims_by_notebook_and_text():
+    def report(profile, verdicts):
+        claims = [{"claim": f"c{i}", "source": "ECCV22 Table 4", "paper_holds": True, "ours_holds": None,
+                   "evidence": SYNTHETIC, "verdict": v} for i, v in enumerate(verdicts)]
+        return {"notebook": "10_x", "profile": profile, "scale": SYNTHETIC, "rows": [], "claims": claims}
+
+    quick = S.summarize([report("quick", ["too few runs", "not resolved"])])
+    long = S.summarize([report("long", ["not resolved", "not resolved", "too few runs"])])
+    rows = S.verdict_changes(long, quick)
+    assert [(r["claim"], r["other"], r["this"], r["changed"]) for r in rows] == [
+        ("c0", "too few runs", "not resolved", True), ("c1", "not resolved", "not resolved", False),
+        ("c2", None, "too few runs", False)]
+    md = S.changes_markdown(rows, "long", "quick")
+    assert "3 claims in both runs" not in md and "2 claims in both runs; 1 changed verdict" in md
+    assert "| 10_x | c0 | holds | too few runs | **not resolved** |" in md

@@ -17,6 +17,7 @@ pytest.importorskip("papermill")
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
+from _notebook_outputs import image_outputs  # noqa: E402
 from svdlib.experiments.metrics import read_json, read_metrics  # noqa: E402
 from svdlib.experiments.notebook import run_notebook  # noqa: E402
 
@@ -64,7 +65,7 @@ def test_report_rows_have_no_paper_number_and_match_the_runs(run, report):
     for row in report["rows"]:
         summary = read_json(_run_dir(run, row["config"]) / "summary.json")
         assert row["paper"] is None and "introduction" in row["table"]
-        assert "quick" in row["ours_metric"] and row["seeds"] == 1
+        assert "quick" in row["ours_metric"] and row["seeds"] == 1 and row["ours_n"] == 1 - row["diverged"]
         if summary["diverged"]:
             assert row["ours"] is None and row["diverged"] == 1
         else:
@@ -74,11 +75,16 @@ def test_report_rows_have_no_paper_number_and_match_the_runs(run, report):
         assert len(stages) == 1 and stages[0] > 1  # no lr decay within 2 epochs (milestones 2, 3)
 
 
-def test_claims_are_the_introductions_and_unresolved_with_one_seed(report):
+def test_claims_are_the_introductions_and_too_few_runs_with_one_seed(report):
     claims = report["claims"]
     assert len(claims) == 6
     assert all(c["paper_holds"] is True and c["source"].startswith("ICCV21") for c in claims)
-    assert all(c["ours_holds"] is None and "quick" in c["evidence"] for c in claims)
+    # one seed: nothing is decided (the lr-stage claim has no second stage to compare: not measured)
+    assert all(c["verdict"] in ("too few runs", "not resolved") and "quick" in c["evidence"] for c in claims)
+    competitive = next(c for c in claims if "competitive" in c["claim"])
+    assert competitive["stats"]["region"] == ">= -1" and competitive["verdict"] == "too few runs"
+    unstable = next(c for c in claims if "unstable" in c["claim"])
+    assert unstable["stats"]["test"].startswith("rate difference")
 
 
 def test_tables_and_figures_are_written(run):
@@ -87,3 +93,4 @@ def test_tables_and_figures_are_written(run):
     assert [r["config"] for r in rows] == list(CONFIGS) and all(r["profile"] == "quick" for r in rows)
     for name in ("condition_number_vs_lr.png", "accuracy.png"):
         assert (run.results_dir / name).stat().st_size > 10_000, name
+    assert image_outputs(run.output) == 2

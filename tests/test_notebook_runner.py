@@ -224,6 +224,51 @@ def test_module_entry_point_lists_the_real_suite():
     assert "results_dir: str" in proc.stdout
 
 
+def _images(executed: Path) -> list[str]:
+    nb = json.loads(executed.read_text())
+    return [c["source"] if isinstance(c["source"], str) else "".join(c["source"])
+            for c in nb["cells"] if c["cell_type"] == "code"
+            for out in c.get("outputs", []) if "image/png" in out.get("data", {})]
+
+
+def test_executed_notebooks_carry_their_figures_while_the_caller_is_headless(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # what make exports: nothing may open a window
+    nb = _write_notebook(tmp_path / "nbs" / "02_plot.ipynb", 'results_dir: str = ""  # outputs', [
+        "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])\nplt.show()",
+        "fig, ax = plt.subplots()\nax.plot([2, 1])  # no show(): the inline backend draws it at the cell's end",
+        'import matplotlib\nprint(matplotlib.get_backend())',
+    ])
+    run = runner.run_notebook(nb, tmp_path / "out", timeout=120)
+    assert len(_images(run.output)) == 2
+    assert "inline" in _stdout(run.output)
+    assert os.environ["MPLBACKEND"] == "Agg"  # restored for the caller
+    headless = runner.run_notebook(nb, tmp_path / "agg", timeout=120, inline_figures=False)
+    assert _images(headless.output) == [] and "agg" in _stdout(headless.output).lower()
+
+
+def test_jobs_run_notebooks_side_by_side_and_the_aggregator_last(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths: papermill moves the working directory while it runs
+    nbs = tmp_path / "nbs"
+    stamp = 'import time\nprint("start", time.time())\ntime.sleep(2)\nprint("end", time.time())'
+    for name in ("01_a", "02_b"):
+        _write_notebook(nbs / f"{name}.ipynb", 'results_dir: str = ""  # out', [stamp])
+    _write_notebook(nbs / "03_sum.ipynb", 'results_root: str = ""  # the suite\nresults_dir: str = ""  # out',
+                    ['import time, os\nprint("start", time.time(), sorted(os.listdir(results_root)))'])
+    runs = runner.run_suite("nbs", "results", jobs=2, log=lambda msg: None)
+    assert [r.notebook.stem for r in runs] == ["01_a", "02_b", "03_sum"] and all(r.status == "ok" for r in runs)
+    assert os.getcwd() == str(tmp_path)
+
+    def times(stem):
+        return [float(line.split()[1]) for line in _stdout(tmp_path / "results" / f"{stem}.ipynb").splitlines()]
+
+    (a0, a1), (b0, b1) = times("01_a"), times("02_b")
+    assert max(a0, b0) < min(a1, b1)  # both kernels slept at the same time
+    assert times("03_sum")[0] > max(a1, b1)  # the aggregator started after both finished
+    with pytest.raises(ValueError, match="jobs"):
+        runner.run_suite(nbs, tmp_path / "results", jobs=0)
+
+
 @pytest.mark.parametrize("text", ["n: [unclosed\n", "n: !!python/object/apply:os.system ['echo hi']\n", "\t- tab\n"])
 def test_malformed_parameter_file_is_a_one_line_cli_error_naming_it(tmp_path, capsys, text):
     """Issue 17: `-f bad.yaml` printed a raw yaml traceback."""

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
+
+from .atomic import write_atomic
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "remove_stale_temporaries",
            "get_rng_state", "set_rng_state"]
@@ -46,37 +47,13 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
     return removed
 
 
-def _fsync_directory(directory: str) -> None:
-    """Flush a directory entry (a rename) to disk; a no-op where the OS cannot open directories."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems do not support fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Save ``state`` to ``path`` atomically and durably (temporary file in the same directory,
-    fsync, os.replace, fsync of the directory), removing temporaries of earlier killed saves."""
+    """Save ``state`` to ``path`` atomically and durably (:func:`svdlib.experiments.atomic.write_atomic`:
+    temporary file in the same directory, fsync, os.replace, fsync of the directory), removing
+    temporaries of earlier killed saves."""
     path = os.path.abspath(os.fspath(path))
-    directory = os.path.dirname(path)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
+    write_atomic(path, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -53,8 +53,9 @@ __all__ = [
 ]
 
 #: Profiles a config file may define. ``quick``: digits/synthetic data, tiny models, CPU minutes.
-#: ``paper``: the papers' full protocol (needs a GPU and the datasets).
-PROFILES = ("quick", "paper")
+#: ``long``: the quick scale with the papers' replicate counts (its section is applied over
+#: ``quick``'s). ``paper``: the papers' full protocol (needs a GPU and the datasets).
+PROFILES = ("quick", "long", "paper")
 
 #: Fields that change how a run executes but not what it computes; a finished run is reused
 #: by ``resume=True`` even when these differ.
@@ -97,7 +98,7 @@ class ExperimentConfig:
     name: str = _f("experiment", "Run name, recorded in the summary.")
     description: str = _f("", "Free text describing the run.")
     reference: str = _f("", "The paper table/figure (and row) this config reproduces.")
-    profile: str = _f("quick", "Profile the config was resolved with: 'quick' or 'paper'. Set by "
+    profile: str = _f("quick", "Profile the config was resolved with: 'quick', 'long' or 'paper'. Set by "
                       "load_config / --profile; labels every result.")
     seed: int = _f(0, "Seed of model init, data order and augmentation.")
     deterministic: bool = _f(True, "torch.use_deterministic_algorithms(warn_only) and no cuDNN "
@@ -504,9 +505,10 @@ def load_config(path: str | os.PathLike, profile: str = "quick", overrides=()) -
     ----------
     path : str or PathLike
         The YAML file (see the module docstring for its layout).
-    profile : {"quick", "paper"}
+    profile : {"quick", "long", "paper"}
         ``quick`` requires a ``profiles.quick`` section (so a notebook never runs a paper-scale
-        protocol by accident); ``paper`` applies ``profiles.paper`` when present.
+        protocol by accident); ``long`` applies ``profiles.quick`` then ``profiles.long``;
+        ``paper`` applies ``profiles.paper`` when present.
     overrides : iterable of str, or dict
         ``"key=value"`` strings (values parsed with ``yaml.safe_load``; dotted keys reach into
         dict fields) or a dict ``{key: value}``.
@@ -522,10 +524,11 @@ def load_config(path: str | os.PathLike, profile: str = "quick", overrides=()) -
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
     top, profiles = _resolve_file(path)
-    if profile == "quick" and "quick" not in profiles:
+    if profile in ("quick", "long") and "quick" not in profiles:
         raise ValueError(f"config {path} has no 'profiles: quick:' section; load it with "
                          f"profile='paper' or add quick overrides")
-    values = {**top, **profiles.get(profile, {}), "profile": profile}
+    scale = {**profiles["quick"], **profiles.get("long", {})} if profile == "long" else profiles.get(profile, {})
+    values = {**top, **scale, "profile": profile}
     cfg = config_from_dict(values)
     return apply_overrides(cfg, overrides)
 

@@ -30,8 +30,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Iterable
+
+from .atomic import jsonable, write_atomic, write_json
 
 __all__ = [
     "WALL_CLOCK_FIELDS",
@@ -48,33 +49,9 @@ __all__ = [
 WALL_CLOCK_FIELDS = ("step_time", "epoch_time", "wall_time", "time")
 
 
-def _clean(value):
-    """JSON-friendly copy: tensors/numpy scalars to Python numbers, tuples to lists."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
-        return value.item()
-    return value
-
-
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as indented JSON to ``path`` via a temp file and ``os.replace``."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_clean(obj), fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``obj`` as indented JSON to ``path`` atomically (:func:`svdlib.experiments.atomic.write_json`)."""
+    write_json(path, obj)
 
 
 def read_json(path: str | os.PathLike):
@@ -120,11 +97,7 @@ class MetricsWriter:
                 raise ValueError(
                     f"{self.path} has {len(kept)} complete lines but the checkpoint expects "
                     f"{keep_lines}; the run directory is inconsistent (use overwrite)")
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".jsonl", dir=directory)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write("".join(ln + "\n" for ln in kept))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(ln + "\n" for ln in kept))
         self.lines = len(kept)
         self._fh = open(self.path, "a", encoding="utf-8")
 
@@ -132,7 +105,7 @@ class MetricsWriter:
         """Append one record as a JSON line."""
         if not self.enabled:
             return
-        self._fh.write(json.dumps(_clean(record)) + "\n")
+        self._fh.write(json.dumps(jsonable(record)) + "\n")
         self._fh.flush()
         self.lines += 1
 

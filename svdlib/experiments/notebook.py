@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
+import contextlib
 import datetime as _dt
 import glob
 import hashlib
@@ -36,6 +38,7 @@ import numbers
 import os
 import platform
 import sys
+import threading
 import time
 import tokenize
 import warnings
@@ -43,6 +46,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .atomic import write_json
 
 __all__ = [
     "DEFAULT_PATTERN",
@@ -274,9 +279,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _write_json_atomic(path: Path, data: Mapping) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, _jsonable(data), sort_keys=True)
 
 
 def _read_record(path: Path) -> dict | None:
@@ -321,6 +324,40 @@ def _versions() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- execution
+#: matplotlib's inline backend: figures become PNG outputs of the cell, no display needed.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+_ENV_LOCK = threading.Lock()
+_ENV_USERS: dict[tuple, list] = {}  # (name, value) -> [count, value before]
+
+
+@contextlib.contextmanager
+def _kernel_environment(**values: str | None):
+    """Set environment variables for the kernels papermill starts (each copies ``os.environ``);
+    None leaves a variable as it is. Restored when the last concurrent user leaves (the suite
+    may run several notebooks at once, all asking for the same values)."""
+    wanted = [(k, v) for k, v in values.items() if v is not None]
+    with _ENV_LOCK:
+        for k, v in wanted:
+            entry = _ENV_USERS.setdefault((k, v), [0, os.environ.get(k)])
+            entry[0] += 1
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        with _ENV_LOCK:
+            for k, v in wanted:
+                entry = _ENV_USERS[(k, v)]
+                entry[0] -= 1
+                if entry[0] == 0:
+                    del _ENV_USERS[(k, v)]
+                    if entry[1] is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = entry[1]
+
+
 def _import_papermill():
     try:
         import papermill
@@ -409,6 +446,7 @@ def run_notebook(
     overwrite: bool = False,
     start_timeout: float = 120,
     log_output: bool = False,
+    inline_figures: bool = True,
 ) -> NotebookRun:
     """Execute one notebook with papermill and write it, with its results, under ``out_dir``.
 
@@ -436,6 +474,10 @@ def run_notebook(
         Seconds allowed for the kernel to start.
     log_output : bool
         Echo the cells' output to this process's log while running.
+    inline_figures : bool
+        Run the kernel with matplotlib's inline backend, whatever ``MPLBACKEND`` says here (``make``
+        exports ``Agg`` so that tests stay headless), so the executed notebook carries its figures
+        as PNG outputs. The inline backend needs no display. False: the kernel inherits ``MPLBACKEND``.
 
     Returns
     -------
@@ -452,7 +494,9 @@ def run_notebook(
     ValueError
         An undeclared parameter, an unconvertible value, no ``results_dir`` declared.
     """
-    notebook = Path(path).expanduser()
+    # absolute: papermill changes this process's working directory while a notebook runs, and
+    # the suite may run several at once
+    notebook = Path(path).expanduser().resolve()
     cell_timeout = _execution_timeout(timeout)
     declared = notebook_parameters(notebook)
     values = _load_config(config)
@@ -489,17 +533,18 @@ def run_notebook(
 
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(
-            str(notebook),
-            str(paths["partial"]),
-            parameters=injected,
-            kernel_name=kernel,
-            progress_bar=False,
-            log_output=log_output,
-            cwd=str(notebook.resolve().parent),
-            start_timeout=start_timeout,
-            execution_timeout=cell_timeout,
-        )
+        with _kernel_environment(MPLBACKEND=INLINE_BACKEND if inline_figures else None):
+            pm.execute_notebook(
+                str(notebook),
+                str(paths["partial"]),
+                parameters=injected,
+                kernel_name=kernel,
+                progress_bar=False,
+                log_output=log_output,
+                cwd=str(notebook.resolve().parent),
+                start_timeout=start_timeout,
+                execution_timeout=cell_timeout,
+            )
     except BaseException as exc:
         seconds = time.perf_counter() - t0
         failed = None
@@ -580,6 +625,7 @@ def run_suite(
     timeout: float | None = 3600,
     keep_going: bool = False,
     log: Callable[[str], None] | None = None,
+    jobs: int = 1,
 ) -> list[NotebookRun]:
     """Run every notebook matching ``pattern`` in order, into ``results_root``.
 
@@ -606,14 +652,25 @@ def run_suite(
         Run the remaining notebooks after a failure, then raise the first failure.
     log : callable, optional
         Receives one progress line per event (default: print to stderr).
+    jobs : int
+        Notebooks executed at the same time, each in its own kernel (the notebooks that
+        aggregate the others' results run after all of them). 2 uses both cores of a 2-core
+        machine: the reproduction notebooks train on one thread each.
 
     Returns
     -------
     list of NotebookRun
     """
-    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    lock = threading.Lock()  # one line at a time when notebooks run side by side
+
+    def say(msg: str) -> None:
+        with lock:
+            (log or (lambda m: print(m, file=sys.stderr, flush=True)))(msg)
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     _execution_timeout(timeout)  # checked before any notebook runs
-    notebooks = find_notebooks(pattern, only)
+    notebooks = [nb.resolve() for nb in find_notebooks(pattern, only)]  # absolute: see run_notebook
     if not notebooks:
         raise ValueError(f"pattern: no notebook matches {pattern!r}")
     strict = _load_config(config)
@@ -630,6 +687,7 @@ def run_suite(
     if_declared = {"results_root": str(results_root), **(if_declared or {})}
     runs: list[NotebookRun] = []
     failures: list[NotebookExecutionError] = []
+    planned: list[tuple[Path, dict, bool]] = []  # (notebook, parameters, aggregator)
     for nb in notebooks:
         values = {k: v for k, v in (if_declared or {}).items() if k in declared[nb]}
         values.update({k: v for k, v in strict.items() if k in declared[nb]})
@@ -650,24 +708,61 @@ def run_suite(
                     "(--results, RESULTS=) or re-run with --force (FORCE=1)"
                 )
             say(f"[{nb.stem}] the notebook changed since its finished run: running again")
+        planned.append((nb, resolved, aggregator))
+
+    def execute(item) -> NotebookRun | NotebookExecutionError:
+        nb, resolved, _ = item
         shown = ", ".join(f"{k}={v!r}" for k, v in resolved.items())
         say(f"[{nb.stem}] running{f' ({shown})' if shown else ''} ...")
         try:
             run = run_notebook(nb, results_root, resolved, kernel=kernel, timeout=timeout, overwrite=True)
         except NotebookExecutionError as err:
             say(f"[{nb.stem}] FAILED\n{err}")
-            if not keep_going:
-                raise
-            failures.append(err)
-            continue
+            return err
         say(f"[{nb.stem}] ok in {run.seconds:.1f} s -> {run.output}")
-        runs.append(run)
+        return run
+
+    # Aggregators (16_summary) read the others' results: they run last, after every other one.
+    stages = [[p for p in planned if not p[2]], [p for p in planned if p[2]]]
+    here = os.getcwd()  # papermill's per-run chdir is process-wide: concurrent runs can leave it moved
+    try:
+        _run_stages(stages, execute, jobs, keep_going, runs, failures)
+    finally:
+        os.chdir(here)
     ran = sum(r.status == "ok" for r in runs)
     skipped = len(runs) - ran
     say(f"notebooks: {ran} ran, {skipped} skipped, {len(failures)} failed; results in {results_root}")
     if failures:
         raise failures[0]
     return runs
+
+
+def _run_stages(stages, execute, jobs, keep_going, runs, failures) -> None:
+    """Run each stage's notebooks (``jobs`` at a time), appending to ``runs`` / ``failures``."""
+    for stage in stages:
+        if jobs > 1 and len(stage) > 1:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+                pending = [pool.submit(execute, item) for item in stage]
+                outcomes = []
+                for future in pending:  # in notebook order
+                    outcomes.append(future.result())
+                    if isinstance(outcomes[-1], NotebookExecutionError) and not keep_going:
+                        for other in pending:
+                            other.cancel()
+                        break
+        else:
+            outcomes = []
+            for item in stage:
+                outcomes.append(execute(item))
+                if isinstance(outcomes[-1], NotebookExecutionError) and not keep_going:
+                    break
+        for outcome in outcomes:
+            if isinstance(outcome, NotebookExecutionError):
+                if not keep_going:
+                    raise outcome
+                failures.append(outcome)
+            else:
+                runs.append(outcome)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -687,6 +782,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="value of `data_root` for notebooks that declare it")
     p.add_argument("--force", action="store_true", help="re-run notebooks that already finished")
     p.add_argument("--keep-going", action="store_true", help="go on after a failing notebook")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks run at the same time (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=3600,
                    help="seconds per cell, fractions rounded up (default: %(default)s)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel (default: %(default)s)")
@@ -724,6 +820,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             kernel=args.kernel,
             timeout=args.timeout,
             keep_going=args.keep_going,
+            jobs=args.jobs,
         )
     except NotebookExecutionError:
         return 1  # already reported by run_suite's log

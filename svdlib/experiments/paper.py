@@ -9,7 +9,7 @@ import csv
 import io
 from importlib import resources
 
-__all__ = ["PAPER_TABLES", "paper_table", "paper_source"]
+__all__ = ["PAPER_TABLES", "paper_table", "paper_source", "row_for", "label_for"]
 
 PAPER_TABLES = {
     "decorrelated_bn": "eccv22_table4_decorrelated_bn.csv",
@@ -49,3 +49,50 @@ def paper_table(name: str) -> list[dict]:
 def paper_source(name: str) -> str:
     """The citation line (paper, table) of a stored table."""
     return _read(name)[0]
+
+
+def _row_key(cfg, name: str):
+    """What identifies a configuration in a table: its treatments (ECCV), its backward (TPAMI)."""
+    if name == "zca_stability":
+        if cfg.kind == "bn":
+            return None
+        return "power_iteration_forward" if cfg.solver == "power_iteration_forward" else cfg.backward
+    if cfg.method == "newton_schulz":
+        return frozenset({"newton_schulz"})
+    if cfg.backward != "taylor":  # the ECCV rows all back-propagate with the Taylor remedy
+        return None
+    return frozenset(cfg.treatments)
+
+
+def row_for(cfg, tables, d: int | None = None) -> dict | None:
+    """The published row a configuration reproduces, with ``"table"`` (its source) added, or None.
+
+    ``tables``: stored table names to search, in order (``("decorrelated_bn",
+    "decorrelated_bn_extra")``, ``("gcp",)``, ``("zca_stability",)``). ECCV rows are matched by
+    the set of treatments (``newton_schulz`` for the iteration), TPAMI Table IV rows by backward
+    (``power_iteration_forward`` for PI) and group dimension ``d``. Configurations the paper
+    does not have (another backward, BatchNorm) give None.
+    """
+    for name in (tables,) if isinstance(tables, str) else tables:
+        key = _row_key(cfg, name)
+        if key is None:
+            continue
+        for row in paper_table(name):
+            if name == "zca_stability":
+                if row["backward"] == key and d is not None and int(row["d"]) == int(d):
+                    return {**row, "source": paper_source(name)}
+            elif frozenset(filter(None, (row.get("treatments") or "").split("+"))) == key:
+                return {**row, "source": paper_source(name)}
+    return None
+
+
+def label_for(cfg, tables) -> str:
+    """The paper's name of the configuration's row, or a name of ours that says it is not the paper's."""
+    if cfg.kind == "bn":
+        return "BatchNorm (no whitening)"
+    row = row_for(cfg, tables, d=cfg.group_size)
+    if row is not None:
+        return row["method"]
+    extra = "".join(f" + {t.upper()}" for t in sorted(cfg.treatments))
+    names = {"divided_difference": "SVD-DivDiff (svdlib)"}
+    return names.get(cfg.backward, f"SVD-{cfg.backward} (svdlib)") + extra

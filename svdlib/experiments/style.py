@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import svdlib
+from svdlib.remedies import DEFAULT_BACKWARD
 
 __all__ = [
     "PHOTOGRAPHS",
@@ -61,7 +62,7 @@ __all__ = [
     "wct_directional_error",
     "evaluate_stylization",
     "compare_methods",
-    "paired_difference",
+    "compare_over_seeds",
 ]
 
 #: The photographs of :func:`sklearn.datasets.load_sample_images`, in its order.
@@ -98,6 +99,9 @@ class StyleSettings:
         Weight of the feature-moment (style) loss against the content loss.
     n_pairs, pair_size : int
         Held-out content/style pairs for the sharpness score, and their side.
+    seeds : int
+        Fine-tuning seeds per treatment (the replicates of the comparison: batches and
+        gradient-check directions differ, the trained starting network is shared).
     eps : float
         ``eps * I`` added to the content covariance in the whitening (``svdlib.nn.whiten``).
     """
@@ -117,27 +121,35 @@ class StyleSettings:
     n_pairs: int
     pair_size: int
     eps: float
+    seeds: int = 3
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-#: ``quick``: a CPU run of well under a minute (32 channels in one group: a 32 x 32
-#: covariance, the paper's per-group matrix size). ``paper``: the paper's WCT geometry (256
-#: channels in 8 groups of 32, Fig. 8 / sec. 5.3.3) on full-resolution photographs, trained
-#: longer; still neither the paper's data (Artworks) nor its model (GD-WCT GAN).
+#: ``quick``: a CPU run of a minute or two (32 channels in one group: a 32 x 32 covariance,
+#: the paper's per-group matrix size), 3 fine-tuning seeds. ``long``: the same with 10 seeds.
+#: ``paper``: the paper's WCT geometry (256 channels in 8 groups of 32, Fig. 8 / sec. 5.3.3) on
+#: full-resolution photographs, trained longer; still neither the paper's data (Artworks) nor
+#: its model (GD-WCT GAN).
 PROFILES: dict[str, StyleSettings] = {
     "quick": StyleSettings(
         profile="quick", image_scale=0.5, patch_size=32, width=32, groups=1,
         ae_steps=200, ae_batch=16, ae_lr=3e-3,
         finetune_steps=40, finetune_batch=4, finetune_lr=3e-4, style_weight=10.0,
-        n_pairs=4, pair_size=96, eps=1e-5,
+        n_pairs=4, pair_size=96, eps=1e-5, seeds=3,
+    ),
+    "long": StyleSettings(
+        profile="long", image_scale=0.5, patch_size=32, width=32, groups=1,
+        ae_steps=200, ae_batch=16, ae_lr=3e-3,
+        finetune_steps=40, finetune_batch=4, finetune_lr=3e-4, style_weight=10.0,
+        n_pairs=4, pair_size=96, eps=1e-5, seeds=10,
     ),
     "paper": StyleSettings(
         profile="paper", image_scale=1.0, patch_size=64, width=256, groups=8,
         ae_steps=5000, ae_batch=16, ae_lr=1e-3,
         finetune_steps=1000, finetune_batch=8, finetune_lr=1e-4, style_weight=10.0,
-        n_pairs=16, pair_size=256, eps=1e-5,
+        n_pairs=16, pair_size=256, eps=1e-5, seeds=3,
     ),
 }
 
@@ -163,7 +175,7 @@ def style_settings(profile: str = "quick", **overrides) -> StyleSettings:
     changes = {k: v for k, v in overrides.items() if v is not None and v != 0}
     settings = replace(base, **changes)
     for name in ("patch_size", "width", "groups", "ae_steps", "ae_batch", "finetune_batch",
-                 "n_pairs", "pair_size"):
+                 "n_pairs", "pair_size", "seeds"):
         _positive_int(getattr(settings, name), name)
     if settings.width % settings.groups:
         raise ValueError(f"groups must divide width ({settings.width}), got groups={settings.groups}")
@@ -191,7 +203,7 @@ def parse_methods(spec: str) -> list[tuple[str, str, str]]:
         if not name:
             continue
         if name == "newton_schulz":
-            out.append((name, "newton_schulz", "taylor"))  # backward unused by Newton-Schulz
+            out.append((name, "newton_schulz", DEFAULT_BACKWARD))  # backward unused by Newton-Schulz
         elif name in svdlib.BACKWARDS:
             out.append((name, "eigh", name))
         else:
@@ -353,7 +365,7 @@ def sharpness(img: torch.Tensor, scale: float = 255.0) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- colour transfer
 def transfer_colors(content: torch.Tensor, style: torch.Tensor, method: str = "eigh",
-                    backward: str = "taylor", eps: float = 1e-5, alpha: float = 1.0,
+                    backward: str = DEFAULT_BACKWARD, eps: float = 1e-5, alpha: float = 1.0,
                     **options) -> torch.Tensor:
     """Recolour ``content`` with the RGB mean and covariance of ``style`` (WCT on pixels).
 
@@ -435,7 +447,7 @@ class WCTAutoencoder(nn.Module):
         return self.decode(self.encode(x))
 
     def transfer_features(self, content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0,
-                          method: str = "eigh", backward: str = "taylor", eps: float = 1e-5,
+                          method: str = "eigh", backward: str = DEFAULT_BACKWARD, eps: float = 1e-5,
                           groups: int = 1, **options) -> torch.Tensor:
         """WCT of the content's features with the style's: ``svdlib.nn.wct(E(c), E(s))``."""
         return svdlib.nn.wct(self.encode(content), self.encode(style), alpha=alpha, method=method,
@@ -479,7 +491,7 @@ def _finite_grads(params) -> bool:
 
 
 def finetune_through_wct(model: WCTAutoencoder, images: Sequence[torch.Tensor], steps: int,
-                         method: str = "eigh", backward: str = "taylor", *, batch: int = 4,
+                         method: str = "eigh", backward: str = DEFAULT_BACKWARD, *, batch: int = 4,
                          size: int = 32, lr: float = 1e-3, style_weight: float = 10.0,
                          eps: float = 1e-5, groups: int = 1, seed: int = 0,
                          **options) -> tuple[WCTAutoencoder, dict]:
@@ -602,7 +614,7 @@ def wct_directional_error(content_features: torch.Tensor, style_features: torch.
 
 
 def evaluate_stylization(net: WCTAutoencoder, loss_net: nn.Module, content: torch.Tensor,
-                         style: torch.Tensor, method: str = "eigh", backward: str = "taylor",
+                         style: torch.Tensor, method: str = "eigh", backward: str = DEFAULT_BACKWARD,
                          eps: float = 1e-5, groups: int = 1,
                          style_weight: float = 10.0) -> tuple[torch.Tensor, dict]:
     """Stylise held-out pairs with ``net`` and score the result (no gradient).
@@ -694,23 +706,31 @@ def compare_methods(model: WCTAutoencoder, images: Sequence[torch.Tensor],
     return results, outputs
 
 
-def paired_difference(a, b, z: float = 2.0) -> dict:
-    """Compare two methods scored on the same items: mean of ``a - b`` and its standard error.
+def compare_over_seeds(model: WCTAutoencoder, images: Sequence[torch.Tensor], content: torch.Tensor,
+                       style: torch.Tensor, methods: Sequence[tuple[str, str, str]], settings: StyleSettings,
+                       seeds: Sequence[int], n_directions: int = 3) -> tuple[dict, dict]:
+    """:func:`compare_methods` once per fine-tuning seed: the replicates of the sec. 5.3 comparison.
 
-    Returns ``{"mean", "se", "n", "verdict"}`` with verdict ``"a > b"`` or ``"a < b"`` when
-    the mean difference exceeds ``z`` standard errors, else ``"not resolved"`` (also for
-    fewer than two items, where no error can be estimated).
+    Every seed starts from the same trained ``model`` and scores the same held-out pairs; the
+    fine-tuning batches and the directions of the gradient check change with the seed.
+
+    Returns
+    -------
+    (dict, dict)
+        ``per_seed[label]``: one :func:`compare_methods` result per seed (in ``seeds`` order), each
+        with ``"seed"`` and ``"sharpness_per_pair"`` added; ``outputs[label]``: the stylised
+        held-out images of the first seed.
     """
-    a = torch.as_tensor(a, dtype=torch.float64).flatten()
-    b = torch.as_tensor(b, dtype=torch.float64).flatten()
-    if a.shape != b.shape or a.numel() == 0:
-        raise ValueError(f"a and b must hold the same non-zero number of scores, got {a.numel()} and {b.numel()}")
-    d = a - b
-    n = d.numel()
-    mean = float(d.mean())
-    se = float(d.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
-    if n > 1 and abs(mean) > z * se:
-        verdict = "a > b" if mean > 0 else "a < b"
-    else:
-        verdict = "not resolved"
-    return {"mean": mean, "se": se, "n": n, "verdict": verdict}
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    per_seed = {label: [] for label, _, _ in methods}
+    first = None
+    for seed in seeds:
+        results, outputs = compare_methods(model, images, content, style, methods, settings, seed=seed,
+                                           n_directions=n_directions)
+        first = first or outputs
+        for label in per_seed:
+            per_seed[label].append({**results[label], "seed": seed,
+                                    "sharpness_per_pair": sharpness(outputs[label]).tolist()})
+    return per_seed, first

@@ -7,9 +7,12 @@ row and claim under the published table it refers to (the tables stored by
 
 * our value beside the paper's, with the profile and the scale each run used (a ``quick``
   number is a CPU-scale check of a mechanism, never a paper-scale reproduction);
-* the paper's claims with our verdict: ``True`` (holds in our run), ``False`` (does not) or
-  ``not resolved`` (our run cannot decide, e.g. differences within seed noise);
+* the paper's claims with our verdict, in the vocabulary of :mod:`svdlib.experiments.stats`:
+  ``holds``, ``does not hold``, ``not resolved`` (the interval straddles the claim's border) or
+  ``too few runs`` (fewer than 3 replicates);
 * the pairwise orderings of the rows: does our run order two treatments as the paper does?
+  (Welch's interval from each row's mean, standard deviation and replicate count, Holm-adjusted
+  over the pairs of one table.)
 * the paper's rows that no run reported.
 
 Outputs: ``SUMMARY.md`` and two CSV files (rows, claims) in the results root, one figure per
@@ -27,13 +30,14 @@ under "Other results").
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import stats
+from .atomic import write_atomic, write_csv
 from .paper import PAPER_TABLES, paper_source, paper_table
 from .report import PROFILES, load_reports
 
@@ -54,6 +58,8 @@ __all__ = [
     "table_markdown",
     "summary_markdown",
     "plot_table",
+    "verdict_changes",
+    "changes_markdown",
     "write_summary",
     "write_results_readme",
 ]
@@ -100,7 +106,7 @@ TABLES: dict[str, TableSpec] = {
 assert set(TABLES) == set(PAPER_TABLES), "every stored paper table needs a TableSpec"
 
 #: Columns of the rows CSV, in order.
-ROW_COLUMNS = ("paper_table", "table", "row", "metric", "paper", "ours", "ours_std", "ours_metric",
+ROW_COLUMNS = ("paper_table", "table", "row", "metric", "paper", "ours", "ours_std", "ours_n", "ours_metric",
                "profile", "scale", "notebook", "paper_in_table")
 #: Columns of the claims CSV, in order.
 CLAIM_COLUMNS = ("paper_table", "source", "claim", "paper_holds", "ours_holds", "verdict", "evidence",
@@ -195,13 +201,14 @@ def _other_group(ref) -> tuple[str, str]:
     return text, text
 
 
-def verdict(ours_holds) -> str:
-    """``"True"``, ``"False"`` or ``"not resolved"`` (None: our run cannot decide)."""
-    if ours_holds is None:
-        return "not resolved"
-    if ours_holds is True or ours_holds is False:
-        return str(ours_holds)
-    raise ValueError(f"ours_holds must be True, False or None, got {ours_holds!r}")
+def verdict(claim: dict) -> str:
+    """The claim's verdict (:data:`svdlib.experiments.stats.VERDICTS`); older reports without
+    one get the verdict their ``ours_holds`` implies."""
+    if claim.get("verdict") is not None:
+        if claim["verdict"] not in stats.VERDICTS:
+            raise ValueError(f"verdict must be one of {stats.VERDICTS}, got {claim['verdict']!r}")
+        return claim["verdict"]
+    return stats.verdict_of(claim.get("ours_holds"))
 
 
 def _close(a: float, b: float) -> bool:
@@ -263,19 +270,26 @@ def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
 
 
+def _replicates(row: dict) -> int | None:
+    n = row.get("ours_n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
+
+
 def ordering_agreement(rows: list[dict]) -> dict:
     """Do our rows order pairs of treatments as the paper's do?
 
     Pairs are formed within one (metric, our metric, notebook, profile) group (metric names
     compared with their numbers masked, so "mean of 2 seed(s)" pairs with "mean of 3"), from rows with
-    both values and different paper values. A pair *agrees* when our difference has the
-    paper's sign, *disagrees* when it has the other sign, and is *not resolved* when our two
-    values differ by no more than the sum of their standard deviations over seeds, or when a
-    standard deviation is missing (one seed cannot separate a difference from noise). When the
-    paper metric measures something better-when-higher (accuracy) and ours something
-    better-when-lower (error), or vice versa, our sign is flipped.
+    both values and different paper values. Our side of a pair is Welch's comparison of the two
+    rows (:func:`svdlib.experiments.stats.unpaired_from_summary`, from ``ours``, ``ours_std`` and
+    ``ours_n``), claiming the paper's direction; the pairs of one call (one table) are one Holm
+    family. A pair *agrees* when that claim holds, *disagrees* when it does not hold, is *not
+    resolved* otherwise, and counts as *too few runs* when a row has fewer than
+    :data:`~svdlib.experiments.stats.MIN_REPLICATES` replicates (or does not say how many). When the
+    paper's metric is better-when-higher (accuracy) and ours better-when-lower (error), or vice
+    versa, the direction is flipped.
 
-    Returns ``{"pairs", "agree", "disagree", "unresolved", "disagreeing": [(row_a, row_b), ...]}``.
+    Returns ``{"pairs", "agree", "disagree", "unresolved", "too_few", "disagreeing": [(row_a, row_b), ...]}``.
     """
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -283,7 +297,7 @@ def ordering_agreement(rows: list[dict]) -> dict:
             continue
         key = (_metric_key(r.get("metric")), _metric_key(r.get("ours_metric")), r.get("notebook"), r.get("profile"))
         groups.setdefault(key, []).append(r)
-    out = {"pairs": 0, "agree": 0, "disagree": 0, "unresolved": 0, "disagreeing": []}
+    pairs, comparisons = [], []
     for (metric, ours_metric, _, _), members in groups.items():
         po, oo = _orientation(metric), _orientation(ours_metric)
         flip = -1 if po and oo and po != oo else 1
@@ -292,16 +306,25 @@ def ordering_agreement(rows: list[dict]) -> dict:
                 paper_sign = _sign(a["paper"] - b["paper"])
                 if paper_sign == 0:
                     continue
-                out["pairs"] += 1
-                diff = a["ours"] - b["ours"]
+                region = stats.higher() if flip * paper_sign > 0 else stats.lower()
+                na, nb = _replicates(a), _replicates(b)
                 sa, sb = a.get("ours_std"), b.get("ours_std")
-                if sa is None or sb is None or abs(diff) <= sa + sb:
-                    out["unresolved"] += 1
-                elif flip * _sign(diff) == paper_sign:
-                    out["agree"] += 1
+                if na is None or nb is None:
+                    comparison = None
                 else:
-                    out["disagree"] += 1
-                    out["disagreeing"].append((a["row"], b["row"]))
+                    comparison = stats.unpaired_from_summary(
+                        a["ours"], math.nan if sa is None else sa, na,
+                        b["ours"], math.nan if sb is None else sb, nb, region)
+                pairs.append((a["row"], b["row"]))
+                comparisons.append(comparison)
+    out = {"pairs": len(pairs), "agree": 0, "disagree": 0, "unresolved": 0, "too_few": 0, "disagreeing": []}
+    for pair, c in zip(pairs, stats.holm(comparisons)):
+        word = stats.TOO_FEW if c is None else c.verdict
+        key = {stats.HOLDS: "agree", stats.FAILS: "disagree", stats.UNRESOLVED: "unresolved",
+               stats.TOO_FEW: "too_few"}[word]
+        out[key] += 1
+        if word == stats.FAILS:
+            out["disagreeing"].append(pair)
     return out
 
 
@@ -348,7 +371,8 @@ class Summary:
         return list(self.tables.values()) + list(self.other.values())
 
     def verdict_counts(self) -> dict[str, int]:
-        counts = {"True": 0, "False": 0, "not resolved": 0}
+        """Claims per verdict word, in the order of :data:`svdlib.experiments.stats.VERDICTS`."""
+        counts = dict.fromkeys(stats.VERDICTS, 0)
         for c in self.claims:
             counts[c["verdict"]] += 1
         return counts
@@ -387,7 +411,7 @@ def summarize(reports: list[dict], profile: str = "all") -> Summary:
         run = _run_fields(report)
         for row in report.get("rows", []):
             target = bucket(row.get("table"), row.get("row", ""))
-            entry = {k: row.get(k) for k in ("table", "row", "metric", "paper", "ours", "ours_std")}
+            entry = {k: row.get(k) for k in ("table", "row", "metric", "paper", "ours", "ours_std", "ours_n")}
             entry["ours_metric"] = row.get("ours_metric") or row.get("metric")
             entry.update(run, paper_table=target.name)
             if target.name is not None and entry["paper"] is not None:
@@ -399,7 +423,7 @@ def summarize(reports: list[dict], profile: str = "all") -> Summary:
         for claim in report.get("claims", []):
             target = bucket(claim.get("source"))
             entry = {k: claim.get(k) for k in ("source", "claim", "paper_holds", "ours_holds", "evidence")}
-            entry.update(run, paper_table=target.name, verdict=verdict(claim.get("ours_holds")))
+            entry.update(run, paper_table=target.name, verdict=verdict(claim))
             target.claims.append({k: entry.get(k) for k in CLAIM_COLUMNS})
     for ts in tables.values():
         ts.uncovered = [_paper_label(p) for p in paper_table(ts.name)
@@ -454,32 +478,39 @@ def table_markdown(ts: TableSummary, heading: str = "###") -> str:
         out += ["**No run reported on this table yet.** The published values:", "",
                 paper_markdown(ts.name, cite=False) if ts.name else "", ""]
         return "\n".join(out)
-    if "quick" in ts.profiles:
-        out += ["*Rows marked `quick` ran at CPU scale (digits/synthetic data, tiny models, few seeds): "
-                "they test the paper's mechanism, they are not a paper-scale reproduction.*", ""]
+    if {"quick", "long"} & set(ts.profiles):
+        out += ["*Rows marked `quick` or `long` ran at CPU scale (digits/synthetic data, tiny models; `long` "
+                "with the papers' replicate counts): they test the paper's mechanism, they are not a "
+                "paper-scale reproduction.*", ""]
     if ts.rows:
         cited = [[r["table"]] if ts.name is None else [] for r in ts.rows]  # "other": say what each row cites
         body = [c + [r["row"], r["metric"],
                      r["paper"] if r["paper_in_table"] is not False else f"{_fmt(r['paper'])} †",
-                     _fmt(r["ours"], r["ours_std"]), r["ours_metric"], f"`{r['profile']}`", r["scale"], r["notebook"]]
+                     _fmt(r["ours"], r["ours_std"]), r.get("ours_n"), r["ours_metric"], f"`{r['profile']}`",
+                     r["notebook"]]
                 for c, r in zip(cited, ts.rows)]
         out += [_md_table((["cited"] if ts.name is None else []) + [
-            "row", "paper metric", "paper", "ours (± spread: see our metric)", "our metric",
-            "profile", "scale we ran at", "notebook"], body), ""]
+            "row", "paper metric", "paper", "ours (± spread: see our metric)", "replicates", "our metric",
+            "profile", "notebook"], body), ""]
         if any(r["paper_in_table"] is False for r in ts.rows):
             out += ["† this paper value is not in the stored table (svdlib/experiments/paper_numbers): "
                     "check the report.", ""]
         o = ts.ordering
         if o.get("pairs"):
-            out += [f"Pairwise orderings (ours vs the paper's): {o['agree']} agree, {o['disagree']} disagree, "
-                    f"{o['unresolved']} not resolved (within seed noise, or one seed), of {o['pairs']} pairs.", ""]
+            out += [f"Pairwise orderings (ours vs the paper's, Welch intervals, Holm over the {o['pairs']} pairs): "
+                    f"{o['agree']} agree, {o['disagree']} disagree, {o['unresolved']} not resolved, "
+                    f"{o['too_few']} too few runs.", ""]
     if ts.claims:
-        body = [[c["claim"], c["source"], c["paper_holds"], c["verdict"], c["evidence"], f"`{c['profile']}`",
-                 c["notebook"]] for c in ts.claims]
-        out += [_md_table(["claim", "source", "paper", "ours holds", "evidence", "profile", "notebook"], body), ""]
+        body = [[c["claim"], c["source"], _paper_word(c["paper_holds"]), f"**{c['verdict']}**", c["evidence"],
+                 f"`{c['profile']}`", c["notebook"]] for c in ts.claims]
+        out += [_md_table(["claim", "source", "paper", "ours", "evidence", "profile", "notebook"], body), ""]
     if ts.uncovered:
         out += [f"Paper rows no run reported: {', '.join(ts.uncovered)}.", ""]
     return "\n".join(out)
+
+
+def _paper_word(paper_holds) -> str:
+    return {True: "holds", False: "does not hold"}.get(paper_holds, "-")
 
 
 def summary_markdown(summary: Summary, figures: dict[str, str] | None = None) -> str:
@@ -492,8 +523,13 @@ def summary_markdown(summary: Summary, figures: dict[str, str] | None = None) ->
     out = ["# Our results beside the papers'", "",
            "Generated by `notebooks/16_summary.ipynb` (`svdlib.experiments.summary`) from every "
            "`report.json` under this folder; do not edit by hand. Each value carries the profile and the "
-           "scale of the run that produced it: `quick` runs are CPU-scale checks, never paper-scale "
-           "reproductions.", ""]
+           "scale of the run that produced it: `quick` and `long` runs are CPU-scale checks, never "
+           "paper-scale reproductions.", "",
+           "Verdicts (`svdlib.experiments.stats`): a claim **holds** when the 95% confidence interval of "
+           "its effect lies wholly in the region the claim names (a direction, or a stated equivalence "
+           "margin), **does not hold** when it lies wholly outside, is **not resolved** when it straddles "
+           "a border, and is **too few runs** below 3 replicates per group. The claims of one notebook run "
+           "are one Holm family (5% family-wise error); so are the pairwise orderings of one table.", ""]
     if not summary.reports:
         out += ["**No report.json was found: no reproduction notebook has been run into this folder yet** "
                 "(`make reproduce`). The papers' tables follow alone.", ""]
@@ -503,8 +539,8 @@ def summary_markdown(summary: Summary, figures: dict[str, str] | None = None) ->
             [[r["notebook"], f"`{r.get('profile')}`", r.get("scale", ""), len(r.get("rows", [])),
               len(r.get("claims", []))] for r in summary.reports]), ""]
         counts = summary.verdict_counts()
-        out += [f"Claims checked: {sum(counts.values())}. Holds in our runs (True): {counts['True']}; "
-                f"does not hold (False): {counts['False']}; not resolved: {counts['not resolved']}.", ""]
+        out += [f"Claims checked: {sum(counts.values())}: "
+                + "; ".join(f"{word}: {counts[word]}" for word in stats.VERDICTS) + ".", ""]
     if summary.skipped:
         left = ", ".join(f"{r['notebook']} ({r.get('profile')})" for r in summary.skipped)
         out += [f"Left out (other profile): {left}.", ""]
@@ -520,6 +556,43 @@ def summary_markdown(summary: Summary, figures: dict[str, str] | None = None) ->
             if ref in figures:
                 out += [f"![{ts.title}]({figures[ref]})", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def verdict_changes(summary: Summary, other: Summary) -> list[dict]:
+    """Claim by claim, this summary's verdict beside ``other``'s (e.g. a ``long`` run beside ``quick``).
+
+    Claims are matched on (notebook, claim text). Returns rows ``{"notebook", "claim", "source",
+    "paper_holds", "this", "other", "changed", "this_evidence", "other_evidence"}`` in this
+    summary's order, then the claims only ``other`` has (``this`` None).
+    """
+    theirs = {(c["notebook"], c["claim"]): c for c in other.claims}
+    rows, seen = [], set()
+    for c in summary.claims:
+        key = (c["notebook"], c["claim"])
+        o = theirs.get(key)
+        seen.add(key)
+        rows.append({"notebook": c["notebook"], "claim": c["claim"], "source": c["source"],
+                     "paper_holds": c["paper_holds"], "this": c["verdict"], "other": o["verdict"] if o else None,
+                     "changed": o is not None and o["verdict"] != c["verdict"],
+                     "this_evidence": c["evidence"], "other_evidence": o["evidence"] if o else None})
+    for key, o in theirs.items():
+        if key not in seen:
+            rows.append({"notebook": o["notebook"], "claim": o["claim"], "source": o["source"],
+                         "paper_holds": o["paper_holds"], "this": None, "other": o["verdict"], "changed": False,
+                         "this_evidence": None, "other_evidence": o["evidence"]})
+    return rows
+
+
+def changes_markdown(rows: list[dict], this: str, other: str) -> str:
+    """The rows of :func:`verdict_changes` as a markdown section (changed verdicts in bold)."""
+    changed = sum(r["changed"] for r in rows)
+    both = sum(r["this"] is not None and r["other"] is not None for r in rows)
+    out = [f"## Verdicts: {this} beside {other}", "",
+           f"{both} claims in both runs; {changed} changed verdict. Claims in only one run show a dash.", ""]
+    body = [[r["notebook"], r["claim"], _paper_word(r["paper_holds"]), r["other"] or "—",
+             f"**{r['this']}**" if r["changed"] else (r["this"] or "—")] for r in rows]
+    out += [_md_table(["notebook", "claim", "paper", other, this], body), ""]
+    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -622,30 +695,30 @@ def plot_table(ts: TableSummary):
 
 
 # ----------------------------------------------------------------------------- writing
-def _write_csv(path: Path, columns, rows) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
-    return path
-
-
 def write_summary(summary: Summary, results_root: str | os.PathLike,
-                  figures: dict[str, str | os.PathLike] | None = None) -> dict[str, Path]:
+                  figures: dict[str, str | os.PathLike] | None = None,
+                  compare: tuple[str, str, Summary] | None = None) -> dict[str, Path]:
     """Write ``SUMMARY.md``, ``summary_rows.csv`` and ``summary_claims.csv`` into ``results_root``.
 
     ``figures`` (table name -> PNG path) are linked from SUMMARY.md relative to the root.
+    ``compare`` = (this run's label, the other's label, the other :class:`Summary`) appends the
+    claim-by-claim verdicts of both (:func:`verdict_changes`) to SUMMARY.md.
     Returns the paths written, keyed ``"markdown"``, ``"rows"``, ``"claims"``.
     """
     root = Path(results_root)
     root.mkdir(parents=True, exist_ok=True)
     links = {k: Path(os.path.relpath(Path(v).resolve(), root.resolve())).as_posix() for k, v in (figures or {}).items()}
     md = root / "SUMMARY.md"
-    md.write_text(summary_markdown(summary, links), encoding="utf-8")
+    text = summary_markdown(summary, links)
+    if compare is not None:
+        this, other, other_summary = compare
+        text += "\n" + changes_markdown(verdict_changes(summary, other_summary), this, other)
+    write_atomic(md, text)
     return {"markdown": md,
-            "rows": _write_csv(root / "summary_rows.csv", ROW_COLUMNS, summary.rows),
-            "claims": _write_csv(root / "summary_claims.csv", CLAIM_COLUMNS, summary.claims)}
+            "rows": write_csv(root / "summary_rows.csv", ({k: r.get(k) for k in ROW_COLUMNS} for r in summary.rows),
+                              ROW_COLUMNS),
+            "claims": write_csv(root / "summary_claims.csv", ({k: c.get(k) for k in CLAIM_COLUMNS}
+                                                               for c in summary.claims), CLAIM_COLUMNS)}
 
 
 def write_results_readme(results_root: str | os.PathLike, commands_dir: str | os.PathLike,
@@ -679,6 +752,7 @@ def write_results_readme(results_root: str | os.PathLike, commands_dir: str | os
            "## Commands", "",
            "```bash",
            "make reproduce                                   # every notebook, quick profile (CPU)",
+           "make reproduce PROFILE=long RESULTS=results-long # the papers' replicate counts, CPU scale",
            "make reproduce PROFILE=paper DATA=/path/to/data  # the papers' protocol (GPU, datasets)",
            "make reproduce ONLY=10 PROFILE=paper DATA=/path/to/data   # one notebook",
            "make reproduce ONLY=16 FORCE=1                   # rebuild SUMMARY.md and this README from what is here",
@@ -693,10 +767,11 @@ def write_results_readme(results_root: str | os.PathLike, commands_dir: str | os
         rows.append([f"`{name}`",
                      ", ".join(f"`{r.get('profile')}`: {r.get('scale', '')}" for r in found) or "not run here",
                      f"`make reproduce ONLY={n}`",
+                     f"`make reproduce ONLY={n} PROFILE=long RESULTS=results-long`",
                      f"`make reproduce ONLY={n} PROFILE=paper DATA=/path/to/data`",
                      f"[commands/{files[n].name}](#{n}-per-configuration-commands)" if n in files
                      else "not written yet"])
-    header = ["notebook", "report here (profile: scale)", "quick", "paper", "per-configuration commands"]
+    header = ["notebook", "report here (profile: scale)", "quick", "long", "paper", "per-configuration commands"]
     out += [_md_table(header, rows)
             if rows else "No reproduction notebook found.", ""]
     for n in numbers:
@@ -706,5 +781,4 @@ def write_results_readme(results_root: str | os.PathLike, commands_dir: str | os
                     files[n].read_text(encoding="utf-8").strip(), ""]
     root.mkdir(parents=True, exist_ok=True)
     path = root / "README.md"
-    path.write_text("\n".join(out).rstrip() + "\n", encoding="utf-8")
-    return path
+    return write_atomic(path, "\n".join(out).rstrip() + "\n")
