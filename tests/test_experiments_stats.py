@@ -99,7 +99,9 @@ def test_identical_replicates_give_a_point_interval():
 def test_clopper_pearson_rate_matches_scipy_binomtest(k, n):
     c = S.rate(k, n, S.between(0.25, 0.75))
     ci = scipy_stats.binomtest(k, n).proportion_ci(0.95, method="exact")
-    assert c.ci == pytest.approx((ci.low, ci.high), abs=1e-12)
+    # binomtest finds the bounds with a root finder, we take beta quantiles: measured apart by
+    # up to 3e-13 (k = 0 or n); 1e-10 leaves 300x for another scipy or CPU
+    assert c.ci == pytest.approx((ci.low, ci.high), abs=1e-10)
     ge = scipy_stats.binomtest(k, n, 0.25, alternative="greater").pvalue
     le = scipy_stats.binomtest(k, n, 0.75, alternative="less").pvalue
     assert c.p_in == pytest.approx(min(1.0, 2 * max(ge, le)), rel=1e-10)

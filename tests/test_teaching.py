@@ -70,9 +70,11 @@ def test_exact_tie_breaks_exact_but_not_taylor():
     # L_0 + L_1 = tr(P W), P the tied eigenspace's projector, is differentiable at the tie: its
     # gradient pairs the tied directions with the others only, and Taylor's K~ for those pairs
     # is the degree-9 sum (1/lam_big) sum_k x^k, x = lam_small/lam_big, computed here by hand
-    # for the spectrum svdlib.eigh sees (eps = 1e-10 is its diagonal shift). Measured 3.4e-16
-    # relative under the perturbations of `make test-perturbed`; bound 1e-12.
-    lam = [v + 1e-10 for v in (1.0, 1.0, 2.0, 3.0)]
+    # for the spectrum svdlib.eigh sees (floor = 1e-10 is only the remedy's floor, no diagonal
+    # shift). Measured 0 relative error (bitwise) without perturbation and under
+    # SVDLIB_PERTURB=similarity:1, similarity:2 and numpy; a shift of the spectrum by 1e-10
+    # would show as 4.9e-13, so the bound 1e-12 would also catch a shift by 2e-10.
+    lam = [1.0, 1.0, 2.0, 3.0]
     expected = torch.zeros(4, 4, dtype=torch.float64)
     for i in (0, 1):
         for j in (2, 3):
