@@ -17,14 +17,21 @@ import torch
 __all__ = ["autocast_dtype", "compute_dtype_under_autocast", "autocast_off", "outside_autocast"]
 
 
+_AVAILABLE: dict[str, bool] = {}   # device type -> whether autocast exists there (fixed per process)
+
+
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The autocast dtype in force for ``x``'s device, or None when autocast is off there or
-    ``x`` is float64 (which autocast leaves alone)."""
-    device_type = x.device.type
-    if x.dtype == torch.float64 or not torch.amp.is_autocast_available(device_type):
-        return None                                   # e.g. "meta": no autocast there
-    if not torch.is_autocast_enabled(device_type):
+    ``x`` is float64 (which autocast leaves alone). Called on every spine call: the device
+    type's availability is looked up once per process."""
+    if x.dtype == torch.float64:
         return None
+    device_type = x.device.type
+    available = _AVAILABLE.get(device_type)
+    if available is None:
+        available = _AVAILABLE[device_type] = torch.amp.is_autocast_available(device_type)
+    if not available or not torch.is_autocast_enabled(device_type):
+        return None                                   # e.g. "meta": no autocast there
     return torch.get_autocast_dtype(device_type)
 
 

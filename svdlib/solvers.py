@@ -19,6 +19,7 @@ is one function and one :func:`register_solver` line (docs/architecture.md).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from typing import Callable
@@ -266,6 +267,13 @@ def _run_solver(fn, A: torch.Tensor, solver: str, traced: bool):
     return lam, U, ok, None
 
 
+@functools.lru_cache(maxsize=64)
+def _plain_expect(name: str) -> Expect:
+    """The Expect of a plain argument name (nothing asked of the spectrum), built once per name:
+    :func:`solve` runs on every call, and a frozen record is cheaper to look up than to build."""
+    return Expect(name)
+
+
 def solve(A: torch.Tensor, solver: str = "torch", traced: bool = False, name: str | Expect = "A",
           source: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run solver ``solver`` on ``A`` (..., n, n); detect and repair failed matrices.
@@ -287,7 +295,7 @@ def solve(A: torch.Tensor, solver: str = "torch", traced: bool = False, name: st
     breaks the Expect raises ValueError naming it. When ``traced`` (torch.compile / vmap) the
     data-dependent check is skipped.
     """
-    expect = name if isinstance(name, Expect) else Expect(name)
+    expect = name if isinstance(name, Expect) else _plain_expect(name)
     entry = SOLVERS[solver]
     lam, U, ok, raised = _run_solver(entry.fn if type(entry) is Solver else entry, A, solver, traced)
     if traced:
