@@ -8,7 +8,6 @@ functions, or sign-invariant eigenvector losses), so it holds on any eigensolver
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
