@@ -194,6 +194,20 @@ def test_clearly_negative_eigenvalues_raise_instead_of_being_clamped():
         svdlib.inv_sqrtm(P, min_eigenvalue=0.0)
 
 
+def test_power_iteration_forward_never_refuses_a_positive_semi_definite_matrix():
+    """Deflation leaves clearly negative eigenvalue estimates when the leading directions have
+    not converged (close eigenvalues 9.0-10.2, 19 iterations): the input is positive definite,
+    so the sign check reads the Rayleigh quotients u^T A u instead (found by `make reproduce`,
+    notebook 12's PI runs: -0.011 against 14.6)."""
+    A = matrix_with_spectrum([1e-4, 0.5, 1.0, 9.0, 9.6, 10.0, 10.2], seed=0)
+    lam, U = svdlib.eigh(A, solver="power_iteration_forward")
+    assert lam.min() < -1e-3                   # measured -0.0136: what the old check refused
+    X = svdlib.inv_sqrtm(A, solver="power_iteration_forward")
+    assert torch.isfinite(X).all()
+    quotients = (U * (A @ U)).sum(-2)
+    assert quotients.min() > 0                 # never negative for a positive definite A
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_rounding_level_negatives_of_covariances_are_floored_as_before(dtype):
     """Rank-deficient covariances have eigenvalues that are negative by rounding: they pass the
