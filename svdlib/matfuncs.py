@@ -83,11 +83,14 @@ def _sign_witness(A: torch.Tensor, lam: torch.Tensor, U: torch.Tensor) -> torch.
     training run). A Rayleigh quotient of a positive semi-definite A is never negative beyond
     rounding, however inaccurate u_i is, so a positive semi-definite input is never refused,
     while an input whose negative part the vectors see (e.g. -A) still is. Non-finite ``lam``
-    is passed through so the failure check still sees it.
+    is passed through so the failure check still sees it; a vector that vanished (power
+    iteration on an exactly null deflated matrix) carries no sign, so its |lam| stands in.
     """
     with torch.no_grad():
-        quotients = (U * (A @ U)).sum(-2)
-    return torch.where(torch.isfinite(lam), quotients, lam.detach())
+        norms = (U * U).sum(-2)
+        quotients = (U * (A @ U)).sum(-2) / norms.clamp_min(torch.finfo(U.dtype).tiny)
+        witness = torch.where(norms > 0.5, quotients, lam.detach().abs())
+    return torch.where(torch.isfinite(lam), witness, lam.detach())
 
 
 def _compose(lam: torch.Tensor, U: torch.Tensor, p: float) -> torch.Tensor:

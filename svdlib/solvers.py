@@ -384,10 +384,14 @@ def power_iteration_eigh(A: torch.Tensor, iterations: int = 19) -> tuple[torch.T
     v <- M v / ||M v|| from a fixed start, Rayleigh quotient lambda = v^T M v, deflation
     M <- M - lambda v v^T. Round-off accumulates along the deflation, and convergence is
     slow when eigenvalue ratios approach one: this is the baseline that fails, kept as is.
+    Each step is scaled by its largest entry before the norm is taken (the same direction;
+    the norm of a float32 vector with entries near 1e20 overflows, which turned every vector
+    into 0 in a diverging ZCA run).
     Returns ascending eigenvalues and eigenvectors in columns, like torch.
     """
     n = A.shape[-1]
     M = A
+    tiny = torch.finfo(A.dtype).tiny
     # A fixed, deterministic start that is not orthogonal to generic eigenvectors.
     start = torch.linspace(1.0, 2.0, n, dtype=A.dtype, device=A.device)
     start = (start / start.norm()).expand(*A.shape[:-2], n)
@@ -396,6 +400,7 @@ def power_iteration_eigh(A: torch.Tensor, iterations: int = 19) -> tuple[torch.T
         v = start
         for _ in range(iterations):
             w = (M @ v.unsqueeze(-1)).squeeze(-1)
+            w = w / w.abs().amax(-1, keepdim=True).clamp_min(tiny)
             v = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         lam = (v * (M @ v.unsqueeze(-1)).squeeze(-1)).sum(-1)
         lams.append(lam)

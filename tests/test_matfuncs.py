@@ -208,6 +208,17 @@ def test_power_iteration_forward_never_refuses_a_positive_semi_definite_matrix()
     assert quotients.min() > 0                 # never negative for a positive definite A
 
 
+def test_power_iteration_forward_survives_float32_covariances_near_1e20():
+    """A diverging ZCA run fed float32 covariances with entries ~1e20: the norm of M v
+    overflowed, every vector became 0 and inv_sqrtm refused the matrix as "the zero matrix"."""
+    S = matrix_with_spectrum([1.0, 2.0, 5.0, 10.0, 40.0, 100.0], seed=4)
+    A = (1e19 * S).float()                                   # entries up to ~1e21, finite in float32
+    lam, U = svdlib.eigh(A, solver="power_iteration_forward")
+    torch.testing.assert_close((U * U).sum(-2), torch.ones(6), rtol=0, atol=1e-5)
+    assert abs(float(lam[-1]) / 1e21 - 1.0) < 1e-3           # the leading eigenvalue, 1e21
+    assert torch.isfinite(svdlib.inv_sqrtm(A, solver="power_iteration_forward")).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_rounding_level_negatives_of_covariances_are_floored_as_before(dtype):
     """Rank-deficient covariances have eigenvalues that are negative by rounding: they pass the
