@@ -35,7 +35,7 @@ def prepare(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float, name
     dtype = working_dtype(A.dtype, compute_dtype)
     if A.dtype != dtype:
         A = A.to(dtype)
-    A = torch.lerp(A.mT, A, 0.5)
+    A = torch.lerp(A.transpose(-1, -2), A, 0.5)  # not .mT: the TorchScript ONNX exporter has no aten::mT
     if eps:
         A = A + eps * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     return A
