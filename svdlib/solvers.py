@@ -300,15 +300,9 @@ def solve(A: torch.Tensor, solver: str = "torch", traced: bool = False, name: st
     lam, U, ok, raised = _run_solver(entry.fn if type(entry) is Solver else entry, A, solver, traced)
     if traced:
         return lam, U
-    total = lam.sum()
     if diagnostics._check_eigenvectors:
         ok = ~untrusted(A, lam, U) if ok is None else ok & ~untrusted(A, lam, U)
-    if ok is not None:
-        total = torch.where(ok.all(), total, torch.full_like(total, math.nan))
-    broken = expect.violations(lam)
-    if broken is not None:
-        total = torch.where(broken.any(), torch.full_like(total, math.nan), total)
-    if math.isfinite(total.item()):
+    if _all_good(lam, expect, ok):
         return lam, U
     return _examine(A, lam, U, ok, raised, solver, expect, A if source is None else source)
 
@@ -318,17 +312,25 @@ def verify(lam: torch.Tensor, expect: "Expect | str", source: torch.Tensor) -> N
     solver's): one host synchronisation; NaN/Inf ``source`` and a broken :class:`Expect` raise
     ValueError. Skipped when traced."""
     expect = expect if isinstance(expect, Expect) else Expect(expect)
-    if is_traced(lam):
-        return
-    total = lam.sum()
-    broken = expect.violations(lam)
-    if broken is not None:
-        total = torch.where(broken.any(), torch.full_like(total, math.nan), total)
-    if math.isfinite(total.item()):
+    if is_traced(lam) or _all_good(lam, expect):
         return
     if not bool(torch.isfinite(source).all()):
         raise_non_finite(source, expect.name)
     _enforce(lam, expect, source.shape)
+
+
+def _all_good(lam: torch.Tensor, expect: Expect, ok: torch.Tensor | None = None) -> bool:
+    """The one host synchronisation of :func:`solve` and :func:`verify`: True when every
+    eigenvalue is finite (their sum is NaN/Inf as soon as one is), the solver's mask ``ok`` (if
+    any) is all true and no matrix breaks ``expect``."""
+    total = lam.sum()
+    bad = None if ok is None else ~ok.all()
+    broken = expect.violations(lam)
+    if broken is not None:
+        bad = broken.any() if bad is None else bad | broken.any()
+    if bad is not None:
+        total = torch.where(bad, torch.full_like(total, math.nan), total)
+    return math.isfinite(total.item())
 
 
 def _enforce(lam, expect, shape):
