@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..analysis import newton_schulz_scalar_response
