@@ -22,9 +22,10 @@ _AVAILABLE: dict[str, bool] = {}   # device type -> whether autocast exists ther
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The autocast dtype in force for ``x``'s device, or None when autocast is off there or
-    ``x`` is float64 (which autocast leaves alone). Called on every spine call: the device
-    type's availability is looked up once per process."""
-    if x.dtype == torch.float64:
+    ``x`` is float64 (which autocast leaves alone). Called on every spine call: one C call
+    answers when no autocast is on anywhere (the usual case), and the device type's
+    availability is looked up once per process."""
+    if x.dtype == torch.float64 or not torch._C._is_any_autocast_enabled():
         return None
     device_type = x.device.type
     available = _AVAILABLE.get(device_type)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from . import _options, fused, higher_order, solvers
+from . import _options, diagnostics, fused, higher_order, solvers
 from ._autocast import outside_autocast
 from ._validation import check_square, is_traced, working_dtype
 from .remedies import DEFAULT_BACKWARD
 
-__all__ = ["eigh", "eigh_compute", "prepare", "decompose", "floor_eigenvalues"]
+__all__ = ["eigh", "prepare", "solver_input", "symmetric_part_needed", "decompose", "floor_eigenvalues"]
 
 def prepare(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float, name: str = "A",
             check_finite: bool = True) -> torch.Tensor:
@@ -32,13 +32,39 @@ def prepare(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float, name
     (:func:`svdlib.solvers.solve`), which costs nothing extra when the input is fine.
     """
     check_square(A, name, finite=check_finite)
+    return solver_input(A, compute_dtype, eps)
+
+
+def solver_input(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float,
+                 symmetrize: bool = True) -> torch.Tensor:
+    """:func:`prepare` without the validation, for a caller that has validated ``A``;
+    ``symmetrize=False`` skips the symmetric part (the rule: :func:`symmetric_part_needed`)."""
     dtype = working_dtype(A.dtype, compute_dtype)
     if A.dtype != dtype:
         A = A.to(dtype)
-    A = torch.lerp(A.transpose(-1, -2), A, 0.5)  # not .mT: the TorchScript ONNX exporter has no aten::mT
+    if symmetrize:
+        A = torch.lerp(A.transpose(-1, -2), A, 0.5)  # not .mT: the TorchScript ONNX exporter has no aten::mT
     if eps:
         A = A + eps * torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     return A
+
+
+def symmetric_part_needed(records: bool, solver: str) -> bool:
+    """Whether the symmetric part (A + A^T)/2 must be formed (:func:`solver_input`) before
+    ``solver`` (a resolved name) runs.
+
+    It must when a derivative is recorded (``records``: :func:`svdlib.higher_order.records_derivatives`),
+    so that the gradient, sym(G), is the exact derivative for any input, and when the solver
+    reads the whole matrix (``Solver.lower_triangle`` False). A solver that reads only the lower
+    triangle (``"torch"``: LAPACK's syevd, as torch.linalg.eigh) needs no such pass without a
+    derivative: it decomposes the symmetric matrix with A's lower triangle, which is A itself,
+    bit for bit, when A is symmetric, and within A's rounding-level asymmetry when A is nearly
+    symmetric (X X^T formed in floating point). The pass costs 2-4% of the forward at batch 32 of
+    16 x 16 (benchmarks/README.md, "eigh overhead"). With
+    :func:`svdlib.diagnostics.check_eigenvectors` on, the check reads the whole matrix, so the
+    symmetric part is always formed.
+    """
+    return records or diagnostics._check_eigenvectors or not solvers.reads_lower_triangle(solver)
 
 
 def floor_eigenvalues(lam: torch.Tensor, floor: float | torch.Tensor | None) -> torch.Tensor:
@@ -93,12 +119,13 @@ class _Eigh(_EighNoJvp):
 
 def decompose(A: torch.Tensor, solver: str, spec, *, iterations: int | None = None,
               compile: bool | str = "auto", name: str = "A",
-              differentiable: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              differentiable: bool | None = None, records: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(lam, U) of a prepared matrix (:func:`prepare`) with a resolved solver name and spec.
 
     A differentiable solver is differentiated by autograd (``spec`` unused; ``iterations``
     goes to it). Otherwise the gradient, when one is needed, comes from the backward stage;
     without one (inference, or an input that does not require grad) no autograd node is built.
+    ``records``: :func:`svdlib.higher_order.records_derivatives` of ``A``, if the caller has it.
     """
     if differentiable is None:
         differentiable = solvers.is_differentiable(solver)
@@ -106,7 +133,7 @@ def decompose(A: torch.Tensor, solver: str, spec, *, iterations: int | None = No
         record = solvers.SOLVERS[solver]
         lam, U, _ = record(A) if iterations is None else record(A, iterations=iterations)
         return lam, U
-    if higher_order.records_derivatives(A):
+    if higher_order.records_derivatives(A) if records is None else records:
         function = _EighNoJvp if torch.compiler.is_compiling() else _Eigh
         return function.apply(A, solver, spec, compile, name)
     return solvers.solve(A, solver, name=name)
@@ -147,8 +174,15 @@ def eigh(
     Parameters
     ----------
     A : Tensor (..., n, n)
-        Real symmetric matrices; non-symmetric input is symmetrised as (A + A^T)/2.
-        float16/bfloat16 are computed in float32. NaN/Inf entries raise ValueError.
+        Real symmetric matrices. A non-symmetric A is decomposed as (A + A^T)/2 whenever a
+        derivative is recorded (A requires grad in grad mode, forward AD, a torch.func
+        transform or torch.compile), so the gradient is the exact derivative for any input.
+        Without one (inference) the "torch" solver reads only the lower triangle, as
+        torch.linalg.eigh does: the same matrix, bit for bit, when A is symmetric, and within
+        A's own asymmetry when it is nearly symmetric (X X^T rounded); it saves a transposed
+        pass (:func:`symmetric_part_needed`). Symmetrise first, ``(A + A.mT) / 2``, if a
+        clearly non-symmetric A must mean its symmetric part there too.
+        float16/bfloat16 are computed in float32. NaN/Inf entries that are read raise ValueError.
     backward : str
         Remedy name: "taylor" (default), "exact", "clip", "pade", "power_iteration",
         "truncate" (or one you registered). Its options go in ``**options``, e.g.
@@ -183,6 +217,10 @@ def eigh(
     -----
     One host synchronisation per call: the solver's failure check (the sum of the
     eigenvalues, :func:`svdlib.solvers.solve`), which also catches non-finite input.
+    Without a derivative to record, the "torch" solver reads only A's lower triangle (see
+    ``A`` above): NaN/Inf there raises, the upper triangle is neither used nor scanned (a
+    covariance with a NaN/Inf feature has it in a row and a column, so in both triangles).
+    :func:`svdlib.diagnostics.check_eigenvectors` on reads, and checks, the whole matrix.
 
     Examples
     --------
@@ -192,20 +230,15 @@ def eigh(
     >>> lam.tolist()
     [1.0, 2.0, 3.0]
     """
-    out_dtype = A.dtype if isinstance(A, torch.Tensor) else None
-    lam, U = eigh_compute(A, backward, solver, eps=eps, min_eigenvalue=min_eigenvalue,
-                          compute_dtype=compute_dtype, iterations=iterations, compile=compile, **options)
-    if lam.dtype != out_dtype:
-        lam, U = lam.to(out_dtype), U.to(out_dtype)
-    return lam, U
-
-
-def eigh_compute(A, backward=DEFAULT_BACKWARD, solver="auto", *, eps=0.0, min_eigenvalue=None,
-                 compute_dtype=None, iterations=None, compile="auto", **options):
-    """:func:`eigh` without the final cast: results stay in the compute dtype."""
     plan = _options.call_plan(None, backward, solver, eps, min_eigenvalue, iterations, compile, options)
-    Ac = prepare(A, compute_dtype, plan.eps, check_finite=plan.differentiable)
-    name = solvers.solver_for(plan.solver, Ac)
+    check_square(A, "A", finite=plan.differentiable)
+    name = solvers.solver_for(plan.solver, A)
+    records = higher_order.records_derivatives(A)
+    Ac = solver_input(A, compute_dtype, plan.eps, symmetrize=symmetric_part_needed(records, name))
     lam, U = decompose(Ac, name, plan.spec, iterations=plan.solver_iterations, compile=plan.compile,
-                       differentiable=plan.differentiable)
-    return lam if plan.min_eigenvalue is None else floor_eigenvalues(lam, plan.min_eigenvalue), U
+                       differentiable=plan.differentiable, records=records)
+    if plan.min_eigenvalue is not None:
+        lam = floor_eigenvalues(lam, plan.min_eigenvalue)
+    if lam.dtype != A.dtype:   # the caller's dtype (float16/bfloat16, or a compute_dtype)
+        lam, U = lam.to(A.dtype), U.to(A.dtype)
+    return lam, U

@@ -13,8 +13,8 @@ import torch
 
 from . import _options, fused, higher_order, solvers
 from ._autocast import outside_autocast
-from ._validation import is_traced, real, rounding_rtol
-from .eigen import decompose, floor_eigenvalues, prepare
+from ._validation import check_square, is_traced, real, rounding_rtol
+from .eigen import decompose, floor_eigenvalues, prepare, solver_input, symmetric_part_needed
 from .newton_schulz import newton_schulz_iterate
 from .remedies import DEFAULT_BACKWARD
 
@@ -145,7 +145,7 @@ def powm(
     Parameters
     ----------
     A : Tensor (..., n, n)
-        Symmetric positive semi-definite matrices (symmetrised; validated like
+        Symmetric positive semi-definite matrices (read and validated like
         :func:`svdlib.eigh`); any symmetric matrix when p is a positive integer. An eigenvalue
         below -16 n eps max|lam| (negative beyond rounding; eps of A's dtype) raises ValueError,
         checked with the solver's failure check (no extra host synchronisation); rounding-level
@@ -196,19 +196,21 @@ def powm(
         n_iter = plan.method_iterations
         return newton_schulz_iterate(Ac, 5 if n_iter is None else n_iter, p).to(out_dtype)
     expect = _expectation(p, min_eigenvalue, A)
-    Ac = prepare(A, compute_dtype, eps, check_finite=False)
-    name = solvers.solver_for(plan.solver, Ac)
+    check_square(A, "A", finite=False)
+    name = solvers.solver_for(plan.solver, A)
+    records = higher_order.records_derivatives(A)
+    Ac = solver_input(A, compute_dtype, eps, symmetrize=symmetric_part_needed(records, name))
     unscaled_is_zero = min_eigenvalue is None and p > 0 and not _is_positive_integer(p)
     if plan.differentiable or not fused.folds(spec):
         # The chain of eq. 5-7: autograd through the composition, then eigh's backward stage.
         lam, U = decompose(Ac, name, spec, iterations=plan.solver_iterations, compile=plan.compile,
-                           differentiable=plan.differentiable, name=expect)
+                           differentiable=plan.differentiable, name=expect, records=records)
         if plan.differentiable:
             solvers.verify(lam, U, expect, source=Ac)
         floor = default_floor(lam, p) if min_eigenvalue is None else min_eigenvalue
         Q = _compose(floor_eigenvalues(lam, floor), U, p)
         return (zero_without_scale(Q, lam) if unscaled_is_zero else Q).to(out_dtype)
-    if higher_order.records_derivatives(Ac):
+    if records:
         function = _PowerNoJvp if torch.compiler.is_compiling() else _Power
         Q, _, lam_k, _ = function.apply(Ac, p, name, min_eigenvalue, spec, plan.compile, expect)
     else:

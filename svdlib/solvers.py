@@ -30,7 +30,7 @@ from . import _cusolver, diagnostics
 from ._validation import batch_index, is_traced, raise_non_finite
 
 __all__ = ["SOLVERS", "Solver", "register_solver", "resolve_solver", "solver_for", "canonical_name",
-           "is_differentiable", "Expect", "untrusted", "verify",
+           "is_differentiable", "reads_lower_triangle", "Expect", "untrusted", "verify",
            "solve", "power_iteration_eigh"]
 
 SolverResult = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
@@ -47,11 +47,16 @@ class Solver:
     ``differentiable``: autograd differentiates through ``fn`` itself (no remedy, no failure
     check); ``fn`` then takes ``iterations=`` (default: its own signature's).
     ``needs_cuda``: refuses tensors on other devices.
+    ``lower_triangle``: ``fn`` reads only the lower triangle of its input (LAPACK's syevd does),
+    so without a derivative to record the symmetric part need not be formed first
+    (:func:`svdlib.eigen.symmetric_part_needed`). False (the safe default) when ``fn`` reads
+    the whole matrix or another triangle.
     """
 
     fn: Callable[..., SolverResult]
     differentiable: bool = False
     needs_cuda: bool = False
+    lower_triangle: bool = False
 
     def __call__(self, A: torch.Tensor, **kw) -> SolverResult:
         return self.fn(A, **kw)
@@ -92,14 +97,16 @@ _warned_cuda_fallback = False
 
 
 def register_solver(name: str, fn: Callable[..., SolverResult], *, differentiable: bool = False,
-                    needs_cuda: bool = False) -> Solver:
+                    needs_cuda: bool = False, lower_triangle: bool = False) -> Solver:
     """Register ``fn(A) -> (lam, U, ok | None)`` as solver ``name`` and return its record."""
-    record = fn if isinstance(fn, Solver) else Solver(fn, differentiable, needs_cuda)
+    record = fn if isinstance(fn, Solver) else Solver(fn, differentiable, needs_cuda, lower_triangle)
     SOLVERS[name] = record
     return record
 
 
-register_solver("torch", _torch_solver)
+register_solver("torch", _torch_solver, lower_triangle=True)
+# XsyevBatched is told "lower" of a row-major buffer, i.e. it reads A's upper triangle: it keeps
+# the symmetric part (the default lower_triangle=False).
 register_solver("cusolver_batched", _cusolver_solver, needs_cuda=True)
 register_solver("power_iteration_forward", _power_iteration_solver, differentiable=True)
 
@@ -117,6 +124,11 @@ def canonical_name(name: str) -> str:
 def is_differentiable(name: str) -> bool:
     """Whether solver ``name`` is differentiated by autograd (no remedy)."""
     return bool(getattr(SOLVERS.get(RENAMED.get(name, name)), "differentiable", False))
+
+
+def reads_lower_triangle(name: str) -> bool:
+    """Whether solver ``name`` reads only its input's lower triangle (``Solver.lower_triangle``)."""
+    return bool(getattr(SOLVERS.get(name), "lower_triangle", False))
 
 
 def resolve_solver(name: str, device: torch.device) -> str:
@@ -287,8 +299,9 @@ def solve(A: torch.Tensor, solver: str = "torch", traced: bool = False, name: st
 
     Only when the check fails are the matrices examined one by one: a non-finite input
     (``source``, default ``A``) raises ValueError naming it (NaN/Inf input gives non-finite
-    eigenvalues or a solver error, so it needs no scan of its own); failed matrices are
-    recomputed (:func:`_repair_one`) and counted in :mod:`svdlib.diagnostics`, so the batch never
+    eigenvalues or a solver error, so it needs no scan of its own; a solver that reads only
+    the lower triangle does not see, and does not refuse, NaN/Inf in the upper one); failed
+    matrices are recomputed (:func:`_repair_one`) and counted in :mod:`svdlib.diagnostics`, so the batch never
     crashes because one matrix failed; a solver that raises is treated as failing on every
     matrix (RuntimeWarning with its message); a matrix that no repair could decompose is
     replaced by its diagonal and the identity with a RuntimeWarning naming it; a matrix that

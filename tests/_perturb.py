@@ -75,8 +75,11 @@ def similarity_solver(solver, seed: int = 0):
 
     Diagonal matrices are left unrotated: every LAPACK returns their eigenvalues exactly and
     their eigenvectors as signed coordinate axes, so a test may rely on exact ties there; only
-    the order and signs inside their tied eigenvalues are shuffled.
+    the order and signs inside their tied eigenvalues are shuffled. A solver that reads only
+    the lower triangle (``Solver.lower_triangle``) keeps doing so: the rotated matrix is built
+    from A's lower triangle, and the wrapper keeps the record's attributes.
     """
+    lower_triangle = bool(getattr(solver, "lower_triangle", False))
 
     @functools.wraps(solver)
     def perturbed(A: torch.Tensor, *args, **kwargs):
@@ -87,6 +90,8 @@ def similarity_solver(solver, seed: int = 0):
         diagonal = ((A * (1 - eye)) == 0).all(-1).all(-1)[..., None, None]
         Q = torch.from_numpy(_orthogonal(n, seed)).to(dtype=A.dtype, device=A.device)
         Q = torch.where(diagonal, eye, Q)
+        if lower_triangle:  # the matrix such a solver decomposes: A's lower triangle mirrored
+            A = A.tril() + A.tril(-1).transpose(-1, -2)
         B = Q.transpose(-1, -2) @ A @ Q
         lam, V, *rest = solver(0.5 * (B + B.transpose(-1, -2)), *args, **kwargs)
         U = Q @ V

@@ -33,10 +33,82 @@ def test_min_eigenvalue_clamps_with_straight_through_gradient():
     torch.testing.assert_close(A.grad, torch.eye(3, dtype=torch.float64))
 
 
-def test_nonsymmetric_input_is_symmetrised():
-    A = torch.tensor([[2.0, 1.0], [0.0, 2.0]], dtype=torch.float64)
+NONSYMMETRIC = torch.tensor([[2.0, 1.0], [0.0, 2.0]], dtype=torch.float64)
+#: Its symmetric part [[2, .5], [.5, 2]] has eigenvalues 1.5 and 2.5; its lower triangle
+#: mirrored, [[2, 0], [0, 2]], has 2 and 2.
+SYMMETRIC_PART_EIGENVALUES = torch.tensor([1.5, 2.5], dtype=torch.float64)
+LOWER_TRIANGLE_EIGENVALUES = torch.tensor([2.0, 2.0], dtype=torch.float64)
+
+
+def test_nonsymmetric_input_is_symmetrised_when_a_derivative_is_recorded():
+    A = NONSYMMETRIC.clone().requires_grad_()
     lam, _ = svdlib.eigh(A)
-    torch.testing.assert_close(lam, torch.tensor([1.5, 2.5], dtype=torch.float64))
+    torch.testing.assert_close(lam.detach(), SYMMETRIC_PART_EIGENVALUES)
+    lam[1].backward()
+    torch.testing.assert_close(A.grad, A.grad.transpose(-1, -2))   # sym(G): the derivative
+    assert torch.autograd.gradcheck(lambda X: svdlib.eigh(X, backward="exact")[0], (A.detach().requires_grad_(),))
+
+
+def test_nonsymmetric_input_without_a_derivative_reads_the_lower_triangle_like_torch():
+    with torch.no_grad():
+        lam, _ = svdlib.eigh(NONSYMMETRIC.clone().requires_grad_())
+    torch.testing.assert_close(lam, LOWER_TRIANGLE_EIGENVALUES)
+    torch.testing.assert_close(svdlib.eigh(NONSYMMETRIC)[0], torch.linalg.eigvalsh(NONSYMMETRIC))
+    torch.testing.assert_close(svdlib.powm(NONSYMMETRIC, 2.0), torch.full((2,), 4.0, dtype=torch.float64).diag())
+
+
+def test_solvers_that_read_the_whole_matrix_get_the_symmetric_part():
+    lam, _ = svdlib.eigh(NONSYMMETRIC, solver="power_iteration_forward", iterations=200)
+    torch.testing.assert_close(lam, SYMMETRIC_PART_EIGENVALUES)
+    previous = diagnostics.check_eigenvectors()
+    diagnostics.check_eigenvectors(True)   # the check reads the whole matrix too
+    try:
+        torch.testing.assert_close(svdlib.eigh(NONSYMMETRIC)[0], SYMMETRIC_PART_EIGENVALUES)
+    finally:
+        diagnostics.check_eigenvectors(previous)
+    assert solvers.reads_lower_triangle("torch") and not solvers.reads_lower_triangle("cusolver_batched")
+
+
+@pytest.mark.parametrize("lower_triangle", [True, False])
+def test_a_registered_solver_gets_the_symmetric_part_unless_it_reads_one_triangle(lower_triangle):
+    seen = []
+
+    def spy(A):
+        seen.append(A.detach().clone())
+        lam, U = torch.linalg.eigh(A)
+        return lam, U, None
+
+    solvers.register_solver("spy_test", spy, lower_triangle=lower_triangle)
+    try:
+        svdlib.eigh(NONSYMMETRIC, solver="spy_test")                       # no derivative
+        svdlib.eigh(NONSYMMETRIC.clone().requires_grad_(), solver="spy_test")
+    finally:
+        del solvers.SOLVERS["spy_test"]
+    half = 0.5 * (NONSYMMETRIC + NONSYMMETRIC.mT)
+    assert torch.equal(seen[0], NONSYMMETRIC if lower_triangle else half)
+    assert torch.equal(seen[1], half)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_with_and_without_a_derivative_agree(dtype):
+    """A symmetric A: the same eigenpairs bit for bit (the solver sees the same matrix). A
+    nearly symmetric X X^T: within Weyl's bound, |lam(L) - lam(S)| <= ||L - S||_2 for the
+    lower triangle mirrored L and the symmetric part S, plus the solver's rounding."""
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(6, 9, 20, generator=g, dtype=torch.float64).to(dtype)
+    C = X @ X.transpose(-1, -2)
+    S = 0.5 * (C + C.transpose(-1, -2))
+    with torch.no_grad():
+        lam0, U0 = svdlib.eigh(S)
+    lam1, U1 = svdlib.eigh(S.clone().requires_grad_())
+    assert torch.equal(lam0, lam1.detach()) and torch.equal(U0, U1.detach())
+    with torch.no_grad():
+        lam_lower = svdlib.eigh(C)[0]
+    lam_sym = svdlib.eigh(C.clone().requires_grad_())[0].detach()
+    L = C.tril() + C.tril(-1).transpose(-1, -2)
+    weyl = torch.linalg.matrix_norm((L - S).double(), ord=2)
+    rounding = 8 * 9 * torch.finfo(dtype).eps * lam_sym.abs().amax(-1).double()
+    assert ((lam_lower - lam_sym).double().abs().amax(-1) <= weyl + rounding).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -61,7 +133,7 @@ def test_compute_dtype_float64_returns_caller_dtype():
         (torch.ones(3), "at least 2 dimensions"),
         (torch.ones(2, 3), "square"),
         (torch.ones(3, 3, dtype=torch.int64), "real floating dtype"),
-        (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), "NaN/Inf"),
+        (torch.tensor([[1.0, 0.0], [float("nan"), 1.0]]), "NaN/Inf"),
         (torch.tensor([[1.0, 0.0], [0.0, float("inf")]]), "NaN/Inf"),
     ],
 )
@@ -69,6 +141,25 @@ def test_bad_input_raises_value_error_naming_the_problem(bad, message):
     with pytest.raises(ValueError, match=message) as info:
         svdlib.eigh(bad)
     assert str(tuple(bad.shape)) in str(info.value)
+
+
+def test_the_upper_triangle_is_checked_where_it_is_read():
+    """NaN in the upper triangle: refused when a derivative is recorded (the symmetric part
+    reads it) and in check mode; without a derivative the torch solver reads the lower
+    triangle only, as torch.linalg.eigh, so the NaN is not part of the input."""
+    bad = torch.tensor([[1.0, float("nan")], [0.5, 3.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        svdlib.eigh(bad.clone().requires_grad_())
+    lam, U = svdlib.eigh(bad)
+    torch.testing.assert_close(lam, torch.linalg.eigvalsh(bad.tril() + bad.tril(-1).mT))
+    assert torch.isfinite(U).all()
+    previous = diagnostics.check_eigenvectors()
+    diagnostics.check_eigenvectors(True)
+    try:
+        with pytest.raises(ValueError, match="NaN/Inf"):
+            svdlib.eigh(bad)
+    finally:
+        diagnostics.check_eigenvectors(previous)
 
 
 def test_unknown_solver_and_cusolver_on_cpu_are_clear_errors():
