@@ -91,7 +91,10 @@ def test_torch_compile_fullgraph_trains_and_evaluates_like_eager():
         losses.append(loss.detach())
         grads.append(torch.autograd.grad(loss, [eager[0].weight if model is eager else compiled_model[0].weight])[0])
     assert torch.allclose(losses[0], losses[1], rtol=1e-5)           # measured 0 (1.8e-7 perturbed)
-    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)  # measured 0 (2.4e-6 max-relative perturbed)
+    # Normwise: the perturbed eager solver's rounding is of the size of the largest entry's, so
+    # an entrywise rtol fails on small entries. max|diff| / max|g| measured 0 unperturbed,
+    # 2.0e-6..3.6e-6 under SVDLIB_PERTURB=similarity:1..8 and numpy (30x margin).
+    assert (grads[0] - grads[1]).abs().max() <= 1e-4 * grads[0].abs().max()
     bn_eager, bn_compiled = eager[1], compiled_model[1]
     assert torch.allclose(bn_eager.running_covariance, bn_compiled.running_covariance, atol=1e-6, rtol=0)
     assert torch.allclose(bn_eager.last_condition_number, bn_compiled.last_condition_number, rtol=1e-3)
