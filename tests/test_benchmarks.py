@@ -58,6 +58,31 @@ def test_bench_spine_quick(repo_root, tmp_path):
         assert (times["torch_eigh_fwd"], times["svdlib_eigh_fwd"]) == (pair["a_median_ms"], pair["b_median_ms"])
     lines = proc.stdout.rstrip().splitlines()  # the ratio table is printed last
     assert lines[-len(data["cases"]) - 3].startswith("ratios (")
+    _renders_in_notebook_15(data)
+
+
+def _renders_in_notebook_15(data):
+    """Notebook 15 tabulates recorded bench_spine JSON with svdlib.experiments.speed.case_table:
+    one column per case, the eigh forward ratio among the rows, whatever the mode."""
+    pytest.importorskip("pandas")
+    from svdlib.experiments.speed import case_table
+
+    table = case_table(data["cases"])
+    assert list(table.columns) == [f"{c['dtype']} {c['batch']}x{c['n']}" for c in data["cases"]]
+    ratios = [c["ratios"]["eigh_fwd_vs_torch"] if "ratios" in c else c["eigh_fwd_vs_torch"] for c in data["cases"]]
+    assert table.loc["eigh_fwd_vs_torch"].tolist() == ratios
+
+
+def test_committed_results_render_in_notebook_15(repo_root):
+    """Every bench_spine JSON kept in benchmarks/results/ (what `make reproduce` shows in
+    notebook 15) is readable and tabulates."""
+    from svdlib.experiments.speed import recorded_results
+
+    recorded = recorded_results(repo_root / "benchmarks" / "results")
+    assert recorded and not any("error" in r for r in recorded)
+    for r in recorded:
+        if r["benchmark"] == "bench_spine" and r["data"].get("cases"):
+            _renders_in_notebook_15(r["data"])
 
 
 def test_bench_spine_eigh_only(repo_root, tmp_path):
@@ -65,6 +90,7 @@ def test_bench_spine_eigh_only(repo_root, tmp_path):
     assert data["mode"] == "eigh_only" and data["correctness"]["passed"]
     assert [(c["batch"], c["n"]) for c in data["cases"]] == [(32, 16), (32, 32)]
     assert all(_positive(c["eigh_fwd_vs_torch"]) for c in data["cases"])
+    _renders_in_notebook_15(data)
 
 
 def test_bench_layers_quick(repo_root, tmp_path):

@@ -61,6 +61,14 @@ def _write_synthetic_results(folder: Path) -> None:
     (folder / "synthetic-gpu-2000-01-01.json").write_text(json.dumps(spine))
     (folder / "synthetic-gpu-2000-01-01-layers.json").write_text(json.dumps(layers))
     (folder / "synthetic-cpu-2000-01-01.json").write_text(json.dumps(cpu))
+    # the layout `bench_spine.py --eigh-only` writes (cases without "ratios"), as in benchmarks/results/
+    eigh_only = {"benchmark": "bench_spine", "mode": "eigh_only", "device": "synthetic CPU run",
+                 "torch": "0.0-synthetic", "date": "2000-01-01T00:00:00+00:00",
+                 "environment": {"device_type": "cpu", "device": "synthetic CPU run"},
+                 "cases": [{"batch": 32, "dtype": "float32", "n": 16, "eigh_fwd_vs_torch": 1.0271,
+                            "torch_eigh_fwd": 0.37, "svdlib_eigh_fwd": 0.38,
+                            "eigh_pair_detail": {"ratio_median": 1.0271, "pairs": 600}}]}
+    (folder / "synthetic-cpu-2000-01-01-eigh-only.json").write_text(json.dumps(eigh_only))
     (folder / "broken.json").write_text("{ not json")
 
 
@@ -141,7 +149,8 @@ def test_recorded_results_rendered_and_cpu_runs_not_counted_as_gpu(run, metrics)
     gpu = metrics["gpu_results"]
     kinds = {f["file"]: f["device_type"] for f in gpu["files"]}
     assert kinds == {"synthetic-gpu-2000-01-01.json": "cuda", "synthetic-gpu-2000-01-01-layers.json": "cuda",
-                     "synthetic-cpu-2000-01-01.json": "cpu"}  # broken.json skipped
+                     "synthetic-cpu-2000-01-01.json": "cpu",
+                     "synthetic-cpu-2000-01-01-eigh-only.json": "cpu"}  # broken.json skipped
     assert gpu["message"].startswith("2 GPU result file(s)")
     headline = {row["quantity"]: row for row in metrics["headline"]}
     spine_col = f"{SYNTHETIC_GPU} (synthetic-gpu-2000-01-01.json)"
@@ -153,6 +162,7 @@ def test_recorded_results_rendered_and_cpu_runs_not_counted_as_gpu(run, metrics)
     text = run.output.read_text()
     assert "[CPU (not a GPU result)]" in text and "broken.json: unreadable" in text
     assert "0.0123" in text  # the recorded bench_spine case rendered
+    assert "1.0271" in text  # and an --eigh-only one (its cases hold no "ratios")
     # the live benchmark scripts ran as subprocesses and left their JSON beside the notebook's
     assert json.loads((run.results_dir / "bench_spine_live.json").read_text())["correctness"]["passed"] is True
     assert "dbn_fwd_bwd_vs_batchnorm" in metrics["ratios"]["layers"]

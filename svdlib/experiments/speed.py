@@ -8,9 +8,10 @@
 * :class:`LoopedZCA`: one decorrelated-BN layer per group in a Python loop, as the papers' code
   processed the groups (Fig. 7 of *Robust Differentiable SVD*).
 * :func:`wct_case`: WCT inference (Table X).
-* :func:`run_benchmark`, :func:`recorded_results`, :func:`lookup`: run a script of
-  ``benchmarks/`` as a subprocess with ``--out`` and read its JSON; read the JSON files recorded
-  in ``benchmarks/results/`` (the GPU runs). The notebook never imports the scripts.
+* :func:`run_benchmark`, :func:`recorded_results`, :func:`lookup`, :func:`case_table`: run a
+  script of ``benchmarks/`` as a subprocess with ``--out`` and read its JSON; read the JSON files
+  recorded in ``benchmarks/results/`` (the GPU runs, and CPU runs kept for the record) and tabulate
+  them. The notebook never imports the scripts.
 
 Every case returns ``{phase: seconds}`` for :func:`svdlib.experiments.timing.interleaved`.
 """
@@ -28,7 +29,7 @@ from torch import nn
 import svdlib
 
 __all__ = ["PROFILES", "speed_settings", "covariances", "training_step_case", "LoopedZCA", "wct_case",
-           "run_benchmark", "recorded_results", "lookup"]
+           "run_benchmark", "recorded_results", "lookup", "case_table"]
 
 #: quick: CPU, one thread, small sizes; long: the same sizes with more repetitions; paper: the
 #: papers' sizes on a GPU (ResNet-50 at batch 128, 64 channels at 32x32, 256x256 covariances).
@@ -193,3 +194,21 @@ def lookup(tree, dotted: str):
             return None
         tree = tree[part]
     return tree if isinstance(tree, (int, float)) and not isinstance(tree, bool) else None
+
+
+_CASE_KEYS = ("dtype", "batch", "n")
+
+
+def case_table(cases: list[dict]):
+    """A pandas DataFrame of a bench_spine JSON's ``cases``: one column per case (dtype, batch x
+    n), one row per number. A full run's case holds its ``ratios`` (nested keys become dotted
+    rows); an ``--eigh-only`` run's case holds the eigh forward times and their ratio directly
+    (its per-pair details are left out)."""
+    import pandas as pd
+
+    columns = {}
+    for case in cases:
+        values = case["ratios"] if "ratios" in case else {
+            key: value for key, value in case.items() if key not in _CASE_KEYS and not isinstance(value, dict)}
+        columns[f"{case['dtype']} {case['batch']}x{case['n']}"] = pd.json_normalize(values).iloc[0]
+    return pd.DataFrame(columns)
