@@ -18,6 +18,9 @@ __all__ = ["autocast_dtype", "compute_dtype_under_autocast", "autocast_off", "ou
 
 
 _AVAILABLE: dict[str, bool] = {}   # device type -> whether autocast exists there (fixed per process)
+# One C call that says whether autocast is on for any device (absent from some torch releases
+# within the supported range: then every call asks its device type).
+_ANY_AUTOCAST = getattr(torch._C, "_is_any_autocast_enabled", None)
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -25,7 +28,7 @@ def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     ``x`` is float64 (which autocast leaves alone). Called on every spine call: one C call
     answers when no autocast is on anywhere (the usual case), and the device type's
     availability is looked up once per process."""
-    if x.dtype == torch.float64 or not torch._C._is_any_autocast_enabled():
+    if x.dtype == torch.float64 or (_ANY_AUTOCAST is not None and not _ANY_AUTOCAST()):
         return None
     device_type = x.device.type
     available = _AVAILABLE.get(device_type)

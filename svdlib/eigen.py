@@ -14,7 +14,7 @@ from ._autocast import outside_autocast
 from ._validation import check_square, is_traced, working_dtype
 from .remedies import DEFAULT_BACKWARD
 
-__all__ = ["eigh", "prepare", "solver_input", "symmetric_part_needed", "decompose", "floor_eigenvalues"]
+__all__ = ["eigh", "prepare", "prepare_for_solver", "symmetric_part_needed", "decompose", "floor_eigenvalues"]
 
 def prepare(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float, name: str = "A",
             check_finite: bool = True) -> torch.Tensor:
@@ -32,13 +32,25 @@ def prepare(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float, name
     (:func:`svdlib.solvers.solve`), which costs nothing extra when the input is fine.
     """
     check_square(A, name, finite=check_finite)
-    return solver_input(A, compute_dtype, eps)
+    return _solver_input(A, compute_dtype, eps)
 
 
-def solver_input(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float,
-                 symmetrize: bool = True) -> torch.Tensor:
-    """:func:`prepare` without the validation, for a caller that has validated ``A``;
-    ``symmetrize=False`` skips the symmetric part (the rule: :func:`symmetric_part_needed`)."""
+def prepare_for_solver(A: torch.Tensor, solver: str, compute_dtype: torch.dtype | None, eps: float,
+                       check_finite: bool = False) -> tuple[torch.Tensor, str, bool]:
+    """:func:`prepare` for the eigendecomposition paths of :func:`eigh` and
+    :func:`svdlib.powm`: validate ``A``, resolve ``solver`` ("auto" or a name) for its device,
+    and form the symmetric part only where :func:`symmetric_part_needed` says so. Returns the
+    solver's input, the resolved solver name and whether a derivative is recorded
+    (:func:`svdlib.higher_order.records_derivatives`)."""
+    check_square(A, "A", finite=check_finite)
+    name = solvers.solver_for(solver, A)
+    records = higher_order.records_derivatives(A)
+    return _solver_input(A, compute_dtype, eps, symmetric_part_needed(records, name)), name, records
+
+
+def _solver_input(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float,
+                  symmetrize: bool = True) -> torch.Tensor:
+    """Cast to the compute dtype, symmetrise unless ``symmetrize`` is False, add ``eps`` I."""
     dtype = working_dtype(A.dtype, compute_dtype)
     if A.dtype != dtype:
         A = A.to(dtype)
@@ -50,7 +62,7 @@ def solver_input(A: torch.Tensor, compute_dtype: torch.dtype | None, eps: float,
 
 
 def symmetric_part_needed(records: bool, solver: str) -> bool:
-    """Whether the symmetric part (A + A^T)/2 must be formed (:func:`solver_input`) before
+    """Whether the symmetric part (A + A^T)/2 must be formed (:func:`prepare_for_solver`) before
     ``solver`` (a resolved name) runs.
 
     It must when a derivative is recorded (``records``: :func:`svdlib.higher_order.records_derivatives`),
@@ -231,10 +243,7 @@ def eigh(
     [1.0, 2.0, 3.0]
     """
     plan = _options.call_plan(None, backward, solver, eps, min_eigenvalue, iterations, compile, options)
-    check_square(A, "A", finite=plan.differentiable)
-    name = solvers.solver_for(plan.solver, A)
-    records = higher_order.records_derivatives(A)
-    Ac = solver_input(A, compute_dtype, plan.eps, symmetrize=symmetric_part_needed(records, name))
+    Ac, name, records = prepare_for_solver(A, plan.solver, compute_dtype, plan.eps, check_finite=plan.differentiable)
     lam, U = decompose(Ac, name, plan.spec, iterations=plan.solver_iterations, compile=plan.compile,
                        differentiable=plan.differentiable, records=records)
     if plan.min_eigenvalue is not None:

@@ -13,8 +13,8 @@ import torch
 
 from . import _options, fused, higher_order, solvers
 from ._autocast import outside_autocast
-from ._validation import check_square, is_traced, real, rounding_rtol
-from .eigen import decompose, floor_eigenvalues, prepare, solver_input, symmetric_part_needed
+from ._validation import is_traced, real, rounding_rtol
+from .eigen import decompose, floor_eigenvalues, prepare, prepare_for_solver
 from .newton_schulz import newton_schulz_iterate
 from .remedies import DEFAULT_BACKWARD
 
@@ -196,10 +196,7 @@ def powm(
         n_iter = plan.method_iterations
         return newton_schulz_iterate(Ac, 5 if n_iter is None else n_iter, p).to(out_dtype)
     expect = _expectation(p, min_eigenvalue, A)
-    check_square(A, "A", finite=False)
-    name = solvers.solver_for(plan.solver, A)
-    records = higher_order.records_derivatives(A)
-    Ac = solver_input(A, compute_dtype, eps, symmetrize=symmetric_part_needed(records, name))
+    Ac, name, records = prepare_for_solver(A, plan.solver, compute_dtype, eps)
     unscaled_is_zero = min_eigenvalue is None and p > 0 and not _is_positive_integer(p)
     if plan.differentiable or not fused.folds(spec):
         # The chain of eq. 5-7: autograd through the composition, then eigh's backward stage.

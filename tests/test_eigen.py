@@ -91,23 +91,33 @@ def test_a_registered_solver_gets_the_symmetric_part_unless_it_reads_one_triangl
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_with_and_without_a_derivative_agree(dtype):
-    """A symmetric A: the same eigenpairs bit for bit (the solver sees the same matrix). A
-    nearly symmetric X X^T: within Weyl's bound, |lam(L) - lam(S)| <= ||L - S||_2 for the
-    lower triangle mirrored L and the symmetric part S, plus the solver's rounding."""
+    """A symmetric A: the solver gets the same matrix, bit for bit (lerp(x, x, 1/2) = x is exact),
+    so the eigenpairs agree as far as the solver is deterministic. A nearly symmetric X X^T:
+    Weyl's bound, |lam(L) - lam(S)| <= ||L - S||_2 for the lower triangle mirrored L and the
+    symmetric part S, plus both solves' rounding (each <= 2.1 n eps max|lam| measured). Measured
+    (unperturbed, similarity:1/2, numpy, 2 threads, MKL SSE4_2): the eigenvalues of the same
+    input agree exactly, and the X X^T differences use at most 8% of Weyl's bound."""
+    from svdlib.eigen import prepare_for_solver
+
     g = torch.Generator().manual_seed(4)
     X = torch.randn(6, 9, 20, generator=g, dtype=torch.float64).to(dtype)
     C = X @ X.transpose(-1, -2)
     S = 0.5 * (C + C.transpose(-1, -2))
     with torch.no_grad():
+        seen_without, _, records = prepare_for_solver(S, "auto", None, 0.0)
         lam0, U0 = svdlib.eigh(S)
+    assert not records
+    seen_with = prepare_for_solver(S.clone().requires_grad_(), "auto", None, 0.0)[0]
+    assert torch.equal(seen_without, seen_with.detach())
     lam1, U1 = svdlib.eigh(S.clone().requires_grad_())
-    assert torch.equal(lam0, lam1.detach()) and torch.equal(U0, U1.detach())
+    tol = 8 * 9 * torch.finfo(dtype).eps
+    torch.testing.assert_close(lam1.detach(), lam0, rtol=0, atol=tol * float(lam0.abs().max()))
     with torch.no_grad():
         lam_lower = svdlib.eigh(C)[0]
     lam_sym = svdlib.eigh(C.clone().requires_grad_())[0].detach()
     L = C.tril() + C.tril(-1).transpose(-1, -2)
     weyl = torch.linalg.matrix_norm((L - S).double(), ord=2)
-    rounding = 8 * 9 * torch.finfo(dtype).eps * lam_sym.abs().amax(-1).double()
+    rounding = tol * lam_sym.abs().amax(-1).double()
     assert ((lam_lower - lam_sym).double().abs().amax(-1) <= weyl + rounding).all()
 
 
